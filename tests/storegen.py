@@ -382,7 +382,8 @@ def make_many_paths_store(b: StoreBuilder) -> list[list[str]]:
     order = [paths[(i * 7) % 30] for i in range(30)]
     extra = store_path("extra")
     b.file(f"{extra}/x", "x\n")
-    return [order, [extra]]
+    # The same path again in a later layer (allowed: only duplicates within a layer break).
+    return [order, [extra, paths[0]]]
 
 
 def make_tiny_store(b: StoreBuilder) -> list[list[str]]:
@@ -390,6 +391,12 @@ def make_tiny_store(b: StoreBuilder) -> list[list[str]]:
     b.file(f"{tiny}/bin/tiny", "#!/bin/sh\necho tiny\n", 0o555)
     b.symlink(f"{tiny}/bin/t", "tiny")
     return [[tiny]]
+
+
+def make_trailing_slash_store(b: StoreBuilder) -> list[list[str]]:
+    """`nix/store/x/` in the conf: pathlib drops the slash in member names, the history
+    comment keeps the string as given."""
+    return [[p + "/" for p in layer] for layer in make_tiny_store(b)]
 
 
 BASE_ENV = ["PATH=/base/bin", "A=1"]
@@ -493,6 +500,7 @@ _SPECS: list[tuple[str, Callable[[str], Build], Mapping[str, str], bool]] = [
     ("long-names", _simple(make_long_names_store), {}, False),
     ("sizes", _simple(make_sizes_store), {}, False),
     ("many-paths", _simple(make_many_paths_store), {}, False),
+    ("store-path-trailing-slash", _simple(make_trailing_slash_store), {}, False),
     ("no-store-layers", _empty_layers([]), {}, False),
     ("empty-layer-list", _empty_layers([[]]), {}, False),
     ("ids-as-strings", _simple(make_tiny_store, uid="0", gid="1000"), {}, False),

@@ -251,3 +251,22 @@ def test_shipped_example_builds_from_repo_root(
     if reference_cmd is not None:
         expected = storegen.run_tool(reference_cmd, conf, cwd=storegen.REPO_ROOT)
         assert expected.stdout == result.stdout, describe_difference(expected.stdout, result.stdout)
+
+
+def test_absolute_store_paths_match_reference(
+    tmp_path: Path, require_reference: list[str], tool_cmd: list[str]
+) -> None:
+    # Real nixpkgs confs name /nix/store/... absolutely; the member names then carry the
+    # whole absolute path (so this one cannot have a machine-independent golden).
+    built = storegen.build_fixture("links", tmp_path, require_reference)
+    conf = json.loads(built.conf.read_text())
+    root = str(built.root.resolve())
+    conf["store_dir"] = f"{root}/{conf['store_dir']}"
+    conf["store_layers"] = [[f"{root}/{p}" for p in layer] for layer in conf["store_layers"]]
+    conf["customisation_layer"] = f"{root}/{conf['customisation_layer']}"
+    (built.root / "conf-abs.json").write_text(json.dumps(conf))
+    expected = storegen.run_tool(require_reference, built.root / "conf-abs.json", cwd=tmp_path)
+    actual = storegen.run_tool(tool_cmd, built.root / "conf-abs.json", cwd=tmp_path)
+    assert expected.returncode == 0, expected.stderr
+    assert actual.returncode == 0, actual.stderr
+    assert expected.stdout == actual.stdout, describe_difference(expected.stdout, actual.stdout)
