@@ -1,0 +1,183 @@
+"""The command line: arguments, the conf file, stdout or ``-o FILE``, signals, exit statuses.
+
+Rule 1: stdout carries the image and nothing else; every message goes to stderr.
+Rule 2: every failure ends as one line ``streamimage: error: ...`` and a non-zero status
+(2 for usage and conf errors, 1 for failures while running, 128+N for signal N); the
+traceback only with ``--debug``.  ExceptionGroups from task groups are unwrapped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from streamimage import __version__
+from streamimage.baseimage import open_base_image
+from streamimage.customisation import open_customisation
+from streamimage.docker import write_docker_archive
+from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
+from streamimage.pipeline import FdSink
+from streamimage.report import Reporter
+from streamimage.spec import Conf, parse_conf
+
+STDOUT = 1
+
+
+class Interrupted(StreamImageError):
+    """A signal asked us to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_status = 128 + signum
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamimage",
+        description="Stream a docker-archive image of Nix store paths to stdout; "
+        "a drop-in for nixpkgs' stream_layered_image.py.",
+    )
+    parser.add_argument("conf", help="JSON conf, as nixpkgs' streamLayeredImage writes it")
+    parser.add_argument(
+        "--repo_tag", "-t", "--repo-tag", help="override the conf's repo_tag (name:tag)"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write the image to FILE instead of stdout"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also print each layer's timeline"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"streamimage {__version__}")
+    return parser
+
+
+def load_conf(path: str, repo_tag: str | None) -> Conf:
+    """Read and check the conf file.
+
+    Raises:
+        ConfError: missing, unreadable, not JSON, or not a valid conf.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        raise ConfError(f"{path}: conf file does not exist") from None
+    except OSError as exc:
+        raise ConfError(f"{path}: cannot read conf: {exc.strerror or exc}") from None
+    try:
+        document: Any = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfError(f"{path}: not valid JSON: {exc}") from None
+    return parse_conf(document, path, repo_tag=repo_tag or None)
+
+
+@contextmanager
+def open_output(path: str | None) -> Iterator[FdSink]:
+    """stdout, or a temporary file beside ``path`` that becomes ``path`` only on success.
+
+    Raises:
+        OutputError: the file can't be created or renamed.
+    """
+    if path is None:
+        yield FdSink(STDOUT, "stdout")
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create: {exc.strerror or exc}") from None
+    try:
+        yield FdSink(fd, path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # what open() would have made; mkstemp makes 0600
+        os.close(fd)
+        fd = -1
+        os.replace(temporary, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(temporary)
+        raise
+
+
+async def _watch_signals() -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            raise Interrupted(signum)
+
+
+async def run(conf: Conf, output: str | None, reporter: Reporter) -> None:
+    """Build the image of ``conf`` into ``output`` (stdout when None)."""
+    for note in conf.notes:
+        reporter.note(note)
+    base = None
+    if conf.from_image is not None:
+        base = await anyio.to_thread.run_sync(open_base_image, conf.from_image)
+    try:
+        customisation = await anyio.to_thread.run_sync(open_customisation, conf.customisation_layer)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals)
+            with open_output(output) as sink:
+                await write_docker_archive(conf, base, customisation, sink, reporter)
+            tg.cancel_scope.cancel()
+    finally:
+        if base is not None:
+            base.close()
+
+
+def _leaf(error: BaseException) -> BaseException:
+    """The error to report from a (nested) ExceptionGroup: ours first, then any."""
+    while isinstance(error, BaseExceptionGroup):
+        ours = [e for e in error.exceptions if _contains_ours(e)]
+        error = (ours or list(error.exceptions))[0]
+    return error
+
+
+def _contains_ours(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return any(_contains_ours(e) for e in error.exceptions)
+    return isinstance(error, StreamImageError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``streamimage`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    reporter = Reporter(sys.stderr, quiet=args.quiet, verbose=args.verbose)
+    try:
+        try:
+            conf = load_conf(args.conf, args.repo_tag)
+            if args.output is None and os.isatty(STDOUT):
+                raise UsageError(
+                    "refusing to write an image to a terminal: redirect stdout or use -o FILE"
+                )
+            anyio.run(run, conf, args.output, reporter)
+        except BaseExceptionGroup as group:
+            raise _leaf(group) from None
+    except StreamImageError as exc:
+        if args.debug:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"streamimage: error: {exc}\n")
+        return exc.exit_status
+    except KeyboardInterrupt:
+        sys.stderr.write("streamimage: error: stopped by SIGINT\n")
+        return 128 + signal.SIGINT
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"streamimage: error: internal error: {type(exc).__name__}: {exc}\n")
+        return 1
+    return 0

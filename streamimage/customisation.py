@@ -1,0 +1,125 @@
+"""The customisation layer: a pre-built ``layer.tar`` and the ``checksum`` file beside it.
+
+IO: reads the checksum file, stats layer.tar, and hashes it to verify the checksum.
+Rule: the checksum is proved before the image is finished; a checksum that doesn't match
+layer.tar is a CustomisationError, never a layer with a wrong diff_id.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streamimage.errors import CustomisationError
+from streamimage.imagejson import Digest
+from streamimage.layer import FileSpan, read_span
+from streamimage.tarheader import REGTYPE, Member, encode_header
+
+
+@dataclass(frozen=True, slots=True)
+class Customisation:
+    """The customisation layer, as found on disk."""
+
+    directory: str  # as the conf names it (the history comment shows it)
+    checksum_path: str
+    diff_id: Digest  # what the checksum file says
+    span: FileSpan  # layer.tar's content
+    mode: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+
+    def header(self, name: str, mtime: int) -> bytes:
+        """Its outer member header: owner and mode of layer.tar on disk, as gettarinfo."""
+        return encode_header(
+            Member(
+                name=name,
+                type=REGTYPE,
+                mode=self.mode,
+                uid=self.uid,
+                gid=self.gid,
+                size=self.span.size,
+                mtime=mtime,
+                uname=self.uname,
+                gname=self.gname,
+            )
+        )
+
+    def verify(self, checkpoint: Callable[[], None]) -> None:
+        """Hash layer.tar and hold it to the checksum file (blocking).
+
+        Raises:
+            CustomisationError: they differ.
+            StoreError, ChangedError: layer.tar can't be read, or changed.
+        """
+        digest = hashlib.sha256()
+        read_span(self.span, digest.update, checkpoint)
+        if digest.hexdigest() != self.diff_id.hex:
+            raise CustomisationError(
+                f"{self.checksum_path}: checksum {self.diff_id.hex} does not match "
+                f"{self.span.path}, whose sha256 is {digest.hexdigest()}"
+            )
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""  # no passwd entry: tarfile's gettarinfo leaves the name empty
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def open_customisation(directory: str) -> Customisation:
+    """Read the checksum file and stat layer.tar (blocking).
+
+    Raises:
+        CustomisationError: either is missing, or the checksum is malformed.
+    """
+    checksum_path = os.path.join(directory, "checksum")
+    layer_path = os.path.join(directory, "layer.tar")
+    try:
+        with open(checksum_path, encoding="ascii", errors="replace") as file:
+            text = file.read(200).strip()
+    except FileNotFoundError:
+        raise CustomisationError(f"{checksum_path}: customisation checksum is missing") from None
+    except OSError as exc:
+        raise CustomisationError(f"{checksum_path}: cannot read: {exc.strerror}") from None
+    try:
+        diff_id = Digest.parse(text)
+    except ValueError:
+        raise CustomisationError(
+            f"{checksum_path}: not a sha256 (64 lowercase hex digits): {text[:80]!r}"
+        ) from None
+    real = os.path.realpath(layer_path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise CustomisationError(f"{layer_path}: customisation layer.tar is missing") from None
+    except OSError as exc:
+        raise CustomisationError(f"{layer_path}: cannot stat: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CustomisationError(f"{layer_path}: is not a regular file")
+    identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    return Customisation(
+        directory=directory,
+        checksum_path=checksum_path,
+        diff_id=diff_id,
+        span=FileSpan(real, st.st_size, identity),
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        uname=_user(st.st_uid),
+        gname=_group(st.st_gid),
+    )

@@ -1,0 +1,228 @@
+"""Entries -> the blocks of one layer tar; the single framing used by the hash and stream passes.
+
+IO: reads file content (small files inline, large ones handed on as FileSpans).
+Rule 1: ``layer_chunks`` is the only place a store layer is framed; the hash pass and the
+stream pass both consume it, so the bytes hashed are the bytes streamed.
+Rule 2: the stream pass proves it streams what the hash pass hashed: every entry's inode,
+size, mtime, ctime and mode are checked against the hash pass's record (a Witness), and
+every file is checked again after its content is read; any difference is a ChangedError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from streamimage.errors import ChangedError
+from streamimage.imagejson import Digest
+from streamimage.tarheader import DIRTYPE, REGTYPE, HeaderEncoder, end_of_archive, padding
+from streamimage.walk import Entry, store_error, walk_store_path
+
+INLINE_MAX = 64 * 1024  # bytes: files up to this size travel inside a chunk
+CHUNK_TARGET = 256 * 1024  # bytes: a chunk is handed on once this much has gathered
+READ_SIZE = 1024 * 1024  # bytes per read when hashing a large file
+NIX_DIR_MODE = 0o755  # /nix and /nix/store, as the docker tools write them
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """The content of a large regular file, to be read (hash pass) or sent (stream pass)."""
+
+    path: str
+    size: int
+    identity: tuple[int, int, int, int, int]  # as Entry.identity, checked when opened
+
+
+Chunk = bytes | FileSpan
+
+
+class Witness:
+    """What the hash pass saw of each entry, for the stream pass to hold it to."""
+
+    __slots__ = ("_cursor", "_seen")
+
+    def __init__(self) -> None:
+        self._seen = array("q")
+        self._cursor = 0
+
+    def record(self, entry: Entry) -> None:
+        self._seen.append(entry.fingerprint)
+
+    def check(self, entry: Entry) -> None:
+        """Raises: ChangedError: the entry is not what the hash pass saw at this place."""
+        cursor = self._cursor
+        if cursor >= len(self._seen) or self._seen[cursor] != entry.fingerprint:
+            raise ChangedError(f"{entry.path}: changed between the hash pass and the stream pass")
+        self._cursor = cursor + 1
+
+    def check_complete(self, layer: str) -> None:
+        """Raises: ChangedError: the stream pass met fewer entries than the hash pass."""
+        if self._cursor != len(self._seen):
+            raise ChangedError(f"{layer}: entries disappeared between the hash and stream passes")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def check_unchanged(path: str, fd: int, identity: tuple[int, int, int, int, int]) -> None:
+    """Raises: ChangedError: the open file is not (or no longer) the one that was walked."""
+    now = _identity(os.fstat(fd))
+    if now != identity:
+        was = dict(zip(("inode", "size", "mtime_ns", "ctime_ns", "mode"), identity, strict=True))
+        diff = ", ".join(
+            f"{key} {old} -> {new}"
+            for (key, old), new in zip(was.items(), now, strict=True)
+            if old != new
+        )
+        raise ChangedError(f"{path}: changed while being archived ({diff})")
+
+
+def open_checked(path: str, identity: tuple[int, int, int, int, int]) -> int:
+    """Open a regular file of the store for reading, checking it is the one walked.
+
+    Raises:
+        StoreError: it can't be opened.
+        ChangedError: it was replaced or modified since it was walked.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise store_error(path, exc, "open") from exc
+    try:
+        check_unchanged(path, fd, identity)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_small(entry: Entry) -> bytes:
+    fd = open_checked(entry.path, entry.identity)
+    try:
+        data = os.read(fd, entry.size)
+        while len(data) < entry.size and (more := os.read(fd, entry.size - len(data))):
+            data += more
+        check_unchanged(entry.path, fd, entry.identity)
+    finally:
+        os.close(fd)
+    if len(data) != entry.size:
+        raise ChangedError(f"{entry.path}: size {entry.size} -> {len(data)} while being read")
+    return data
+
+
+def layer_chunks(
+    store_paths: Sequence[str], encoder: HeaderEncoder, on_entry: Callable[[Entry], None]
+) -> Iterator[Chunk]:
+    """The layer tar of ``store_paths``: bytes chunks, and FileSpans for large files' content.
+
+    ``on_entry`` sees every walked entry before it is framed (Witness.record or .check).
+
+    Raises:
+        StoreError: a store path can't be read or holds something tar can't carry.
+        ChangedError: a file changed while it was read.
+    """
+    buf = bytearray()
+    done = 0  # bytes handed on so far
+    # /nix and /nix/store come first, to be consistent with the docker tools
+    buf += encoder.encode("/nix/", DIRTYPE, NIX_DIR_MODE)
+    buf += encoder.encode("/nix/store/", DIRTYPE, NIX_DIR_MODE)
+    for store_path in store_paths:
+        for entry in walk_store_path(store_path):
+            on_entry(entry)
+            buf += encoder.encode(
+                entry.name, entry.type, entry.mode, entry.size, entry.linkname, entry.device
+            )
+            if entry.type == REGTYPE and entry.size:
+                if entry.size <= INLINE_MAX:
+                    buf += _read_small(entry)
+                else:
+                    done += len(buf)
+                    yield bytes(buf)
+                    buf.clear()
+                    yield FileSpan(entry.path, entry.size, entry.identity)
+                    done += entry.size
+                buf += padding(entry.size)
+            if len(buf) >= CHUNK_TARGET:
+                done += len(buf)
+                yield bytes(buf)
+                buf.clear()
+    buf += end_of_archive(done + len(buf))
+    yield bytes(buf)
+
+
+def _no_checkpoint() -> None:
+    pass
+
+
+def read_span(
+    span: FileSpan,
+    consume: Callable[[memoryview], object],
+    checkpoint: Callable[[], None] = _no_checkpoint,
+) -> None:
+    """Feed a FileSpan's content to ``consume`` in large reads, checking it is unchanged.
+
+    Raises:
+        StoreError: it can't be opened.
+        ChangedError: it changed since it was walked or while it was read.
+    """
+    fd = open_checked(span.path, span.identity)
+    try:
+        buffer = bytearray(min(READ_SIZE, span.size))
+        view = memoryview(buffer)
+        left = span.size
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
+            while left:
+                checkpoint()
+                got = file.readinto(view[: min(left, len(buffer))])
+                if not got:
+                    raise ChangedError(f"{span.path}: size {span.size} -> {span.size - left}")
+                consume(view[:got])
+                left -= got
+        check_unchanged(span.path, fd, span.identity)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerHash:
+    """What the outer archive needs to know of a layer before streaming it."""
+
+    diff_id: Digest
+    size: int
+    witness: Witness
+
+
+def hash_layer(
+    store_paths: Sequence[str],
+    encoder: HeaderEncoder,
+    checkpoint: Callable[[], None] = _no_checkpoint,
+) -> LayerHash:
+    """The hash pass of one layer: its size and sha256, and what it saw (blocking).
+
+    ``checkpoint`` is called between chunks; it raises to abandon the pass (cancellation).
+
+    Raises:
+        StoreError, ChangedError: as layer_chunks.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    witness = Witness()
+
+    def consume(data: memoryview) -> None:
+        digest.update(data)
+
+    for chunk in layer_chunks(store_paths, encoder, witness.record):
+        checkpoint()
+        if isinstance(chunk, bytes):
+            digest.update(chunk)
+            size += len(chunk)
+        else:
+            read_span(chunk, consume, checkpoint)
+            size += chunk.size
+    return LayerHash(Digest(digest.hexdigest()), size, witness)

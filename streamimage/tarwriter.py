@@ -1,0 +1,49 @@
+"""The outer archive: members framed onto a sink, then the end-of-archive record padding.
+
+ASYNC; the content of big members comes from ``pipeline.stream_chunks``.
+Rule: a member's content must be exactly the size its header promised; anything else is
+a ChangedError before another byte is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from streamimage.errors import ChangedError
+from streamimage.layer import Chunk
+from streamimage.pipeline import Sink, stream_chunks
+from streamimage.tarheader import REGTYPE, HeaderEncoder, end_of_archive, padding
+
+GENERATED_MODE = 0o644  # tarfile.TarInfo's default mode, which the reference's members keep
+
+
+class TarWriter:
+    """Writes tar members to a sink; generated members are owned by 0:0 with no names."""
+
+    def __init__(self, sink: Sink, mtime: int) -> None:
+        self.sink = sink
+        self.encoder = HeaderEncoder(uid=0, gid=0, uname="", gname="", mtime=mtime)
+
+    def header(self, name: str, size: int) -> bytes:
+        """The header of a generated regular file member."""
+        return self.encoder.encode(name, REGTYPE, GENERATED_MODE, size)
+
+    async def add_bytes(self, name: str, data: bytes) -> None:
+        await self.sink.write(self.header(name, len(data)) + data + padding(len(data)))
+
+    async def add_stream(
+        self, header: bytes, size: int, chunks: Iterator[Chunk], what: str
+    ) -> None:
+        """A member whose ``size`` bytes of content ``chunks`` yields (``what`` names it).
+
+        Raises:
+            ChangedError: the content was not ``size`` bytes long.
+        """
+        await self.sink.write(header)
+        written = await stream_chunks(chunks, self.sink)
+        if written != size:
+            raise ChangedError(f"{what}: {size} bytes hashed but {written} streamed")
+        await self.sink.write(padding(size))
+
+    async def close(self) -> None:
+        await self.sink.write(end_of_archive(self.sink.written))
