@@ -1,0 +1,269 @@
+# Watches streamimage's resident memory while it streams an image into a discarding pipe.
+# Rule: memory must not grow with file size or corpus size. A 5 GB sparse file (no disk used)
+# shows the first; --scale-check (corpus scale 1 vs 4) shows the second. RSS is sampled from
+# /proc every 50 ms, summed over the tool's process tree, next to the bytes streamed so far.
+#
+#   python -m benchmarks.memory [--size-gb 5] [--with-reference --reference PATH]
+#   python -m benchmarks.memory --scale-check [--scales 1 4]
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks import corpus
+from benchmarks.runner import Progress, RunResult, log_tail, run_once
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GIB = 1024**3
+MIB = 1024**2
+RSS_GOAL_KIB = 150 * 1000  # the flat-memory goal: 150 MB
+FLAT_TOLERANCE_KIB = 16 * 1024  # growth allowed past the first GiB, or from scale 1 to 4
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t_s: float
+    out_bytes: int
+    rss_kib: int  # VmRSS summed over the process tree
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRun:
+    tool: str
+    label: str
+    run: RunResult
+    samples: int
+    peak_rss_kib: int  # the largest sampled tree RSS
+    peak_rss_by_1gib_kib: int  # the largest sampled before 1 GiB had been streamed
+    growth_after_1gib_kib: int
+    flat: bool
+    trace: tuple[Sample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleCheck:
+    runs: tuple[MemoryRun, ...]
+    growth_kib: int  # peak at the largest scale minus peak at the smallest
+    within_goal: bool  # every peak <= RSS_GOAL_KIB
+    flat: bool
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, through /proc/PID/task/TID/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0  # gone, or a zombie (no VmRSS line)
+
+
+class Sampler:
+    """Polls the tree's RSS every `interval_s` in a thread, until stopped."""
+
+    def __init__(self, progress: Progress, interval_s: float) -> None:
+        self.progress = progress
+        self.interval_s = interval_s
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+
+    def start(self, pid: int) -> None:
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._poll, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _poll(self, pid: int) -> None:
+        while not self._stop.is_set():
+            rss = sum(_rss_kib(p) for p in _tree(pid))
+            if rss:
+                t = time.perf_counter() - self._started
+                self.samples.append(Sample(t, self.progress.out_bytes, rss))
+            self._stop.wait(self.interval_s)
+
+
+def measure(tool: str, label: str, argv: list[str], log: Path, interval_s: float) -> MemoryRun:
+    """Runs `argv` into a discarding pipe while sampling its RSS; raises OSError."""
+    progress = Progress()
+    sampler = Sampler(progress, interval_s)
+    try:
+        run = run_once(
+            label,
+            argv,
+            log=log,
+            cwd=REPO_ROOT,
+            hash_output=False,
+            progress=progress,
+            on_start=sampler.start,
+        )
+    finally:
+        sampler.stop()
+    samples = sampler.samples
+    peak = max((s.rss_kib for s in samples), default=0)
+    early = max((s.rss_kib for s in samples if s.out_bytes <= GIB), default=0)
+    return MemoryRun(
+        tool=tool,
+        label=label,
+        run=run,
+        samples=len(samples),
+        peak_rss_kib=peak,
+        peak_rss_by_1gib_kib=early,
+        growth_after_1gib_kib=peak - early,
+        flat=peak - early <= FLAT_TOLERANCE_KIB,
+        trace=tuple(samples),
+    )
+
+
+def build_sparse_store(directory: Path, size_gb: float) -> Path:
+    """A store with one sparse `size_gb` GB file and a few small files; returns conf.json."""
+    directory = directory.resolve()
+    store = directory / "store"
+    blob_path = store / "0123456789abcdfghijklmnpqrsvwxyz-sparse-blob"
+    tools_path = store / "zyxwvsrqpnmlkjihgfdcba9876543210-small-tool"
+    huge = blob_path / "data" / "huge.img"
+    size = int(size_gb * 1e9)
+    (blob_path / "data").mkdir(parents=True, exist_ok=True)
+    (tools_path / "bin").mkdir(parents=True, exist_ok=True)
+    if not huge.exists() or huge.stat().st_size != size:
+        with open(huge, "wb") as f:
+            os.truncate(f.fileno(), size)  # a hole: no disk blocks, reads as zeros
+    for i in range(8):
+        (blob_path / "data" / f"small-{i}.txt").write_text(f"small file {i}\n" * (i + 1))
+    tool = tools_path / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o755)
+    customisation = corpus.write_customisation(directory)
+    return corpus.write_conf(directory, store, [[str(blob_path)], [str(tools_path)]], customisation)
+
+
+def _tool_argv(args: argparse.Namespace, conf: Path) -> list[str]:
+    return [*shlex.split(args.tool_cmd), str(conf)]
+
+
+def _reference_argv(args: argparse.Namespace, conf: Path) -> list[str]:
+    return [sys.executable, str(Path(args.reference).resolve()), str(conf)]
+
+
+def _line(m: MemoryRun) -> str:
+    status = "ok" if m.run.exit_code == 0 else f"EXIT {m.run.exit_code}"
+    return (
+        f"{m.tool:<12} {m.label:<22} {m.run.wall_s:8.1f} s {m.run.out_bytes / 1e9:7.2f} GB"
+        f"  peak {m.peak_rss_kib / 1024:7.1f} MiB  by 1 GiB {m.peak_rss_by_1gib_kib / 1024:7.1f}"
+        f" MiB  ru_maxrss {m.run.maxrss_kib / 1024:7.1f} MiB  flat {'yes' if m.flat else 'NO'}"
+        f"  {m.samples} samples  {status}"
+    )
+
+
+def sparse_check(args: argparse.Namespace, log: Path) -> list[MemoryRun]:
+    directory = args.dir or Path("/tmp/streamimage-bench") / f"memory-sparse-{args.size_gb:g}gb"
+    conf = build_sparse_store(directory, args.size_gb)
+    label = f"sparse {args.size_gb:g} GB"
+    runs = [measure("streamimage", label, _tool_argv(args, conf), log, args.interval)]
+    if args.with_reference:
+        runs.append(measure("reference", label, _reference_argv(args, conf), log, args.interval))
+    return runs
+
+
+def scale_check(args: argparse.Namespace, log: Path) -> ScaleCheck:
+    runs = []
+    for scale in args.scales:
+        params = corpus.CorpusParams(scale=scale, seed=1, shape="default")
+        info = corpus.ensure_corpus_in_subprocess(corpus.default_corpus_dir(params), params)
+        label = f"corpus scale {scale:g}"
+        conf = Path(info.conf)
+        runs.append(measure("streamimage", label, _tool_argv(args, conf), log, args.interval))
+        if args.with_reference:
+            argv = _reference_argv(args, conf)
+            runs.append(measure("reference", label, argv, log, args.interval))
+    mine = [m for m in runs if m.tool == "streamimage"]
+    growth = mine[-1].peak_rss_kib - mine[0].peak_rss_kib
+    return ScaleCheck(
+        runs=tuple(runs),
+        growth_kib=growth,
+        within_goal=all(m.peak_rss_kib <= RSS_GOAL_KIB for m in mine),
+        flat=growth <= FLAT_TOLERANCE_KIB,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
+    parser.add_argument("--size-gb", type=float, default=5.0, help="sparse file size (GB)")
+    parser.add_argument("--dir", type=Path, help="where the sparse store goes")
+    parser.add_argument("--scale-check", action="store_true", help="peak RSS at corpus scales")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument("--with-reference", action="store_true")
+    parser.add_argument(
+        "--reference",
+        default=os.environ.get("STREAMIMAGE_REFERENCE"),
+        help="path to stream_layered_image.py (default: env STREAMIMAGE_REFERENCE)",
+    )
+    parser.add_argument(
+        "--tool-cmd",
+        default=os.environ.get("STREAMIMAGE_CMD", f"{shlex.quote(sys.executable)} -m streamimage"),
+        help="command for streamimage, the conf path is appended, run from the repo root"
+        " (default: env STREAMIMAGE_CMD, else this Python's -m streamimage)",
+    )
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between samples")
+    parser.add_argument("--json", type=Path, help="also write the results (with traces) here")
+    parser.add_argument("--log", type=Path, default=Path("/tmp/streamimage-bench/memory.log"))
+    args = parser.parse_args(argv)
+    if args.with_reference and not args.reference:
+        parser.error("--with-reference needs --reference PATH")
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.write(f"memory: tools' stderr goes to {args.log}\n")
+
+    result: ScaleCheck | list[MemoryRun]
+    if args.scale_check:
+        check = scale_check(args, args.log)
+        runs, result = list(check.runs), check
+    else:
+        runs = sparse_check(args, args.log)
+        result = runs
+    sys.stdout.writelines(_line(m) + "\n" for m in runs)
+    if isinstance(result, ScaleCheck):
+        sys.stdout.write(
+            f"scale check: growth {result.growth_kib / 1024:.1f} MiB"
+            f" (flat: {'yes' if result.flat else 'NO'}, tolerance {FLAT_TOLERANCE_KIB // 1024}"
+            f" MiB); every peak <= {RSS_GOAL_KIB // 1000} MB:"
+            f" {'yes' if result.within_goal else 'NO'}\n"
+        )
+    if any(m.run.exit_code for m in runs):
+        sys.stderr.write(f"a tool failed; the end of {args.log}:\n{log_tail(args.log)}\n")
+        return 1
+    if args.json is not None:
+        payload = asdict(result) if isinstance(result, ScaleCheck) else [asdict(m) for m in runs]
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
