@@ -27,9 +27,9 @@ from streamimage.baseimage import open_base_image
 from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
-from streamimage.pipeline import FdSink
+from streamimage.pipeline import FdSink, cpu_workers
 from streamimage.report import Reporter
-from streamimage.spec import Conf, parse_conf
+from streamimage.spec import Conf, Options, parse_conf
 
 STDOUT = 1
 
@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print each layer's timeline"
+    )
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=cpu_workers(),
+        metavar="N",
+        help="hash up to N layers at once (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--hash-in",
+        choices=["process", "thread"],
+        default="process",
+        help="run hash passes in worker processes (default) or threads of this one",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"streamimage {__version__}")
@@ -120,7 +134,7 @@ async def _watch_signals() -> None:
             raise Interrupted(signum)
 
 
-async def run(conf: Conf, output: str | None, reporter: Reporter) -> None:
+async def run(conf: Conf, output: str | None, reporter: Reporter, options: Options) -> None:
     """Build the image of ``conf`` into ``output`` (stdout when None)."""
     for note in conf.notes:
         reporter.note(note)
@@ -132,7 +146,7 @@ async def run(conf: Conf, output: str | None, reporter: Reporter) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
             with open_output(output) as sink:
-                await write_docker_archive(conf, base, customisation, sink, reporter)
+                await write_docker_archive(conf, base, customisation, sink, reporter, options)
             tg.cancel_scope.cancel()
     finally:
         if base is not None:
@@ -164,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(
                     "refusing to write an image to a terminal: redirect stdout or use -o FILE"
                 )
-            anyio.run(run, conf, args.output, reporter)
+            if args.jobs < 1:
+                raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
+            options = Options(hash_workers=args.jobs, hash_in_processes=args.hash_in == "process")
+            anyio.run(run, conf, args.output, reporter, options)
         except BaseExceptionGroup as group:
             raise _leaf(group) from None
     except StreamImageError as exc:

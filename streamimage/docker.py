@@ -18,9 +18,9 @@ from streamimage.baseimage import BaseImage
 from streamimage.customisation import Customisation
 from streamimage.imagejson import Digest, LayerRecord, docker_manifest, image_config, merge_env
 from streamimage.layer import layer_chunks
-from streamimage.pipeline import HashPass, Sink, Timeline, cpu_workers
+from streamimage.pipeline import HashPass, Sink, Timeline
 from streamimage.report import Reporter
-from streamimage.spec import Conf
+from streamimage.spec import Conf, Options
 from streamimage.tarheader import HeaderEncoder
 from streamimage.tarwriter import TarWriter
 
@@ -31,6 +31,7 @@ async def write_docker_archive(
     customisation: Customisation,
     sink: Sink,
     reporter: Reporter,
+    options: Options,
 ) -> None:
     """Write the image as a docker-archive to ``sink``.
 
@@ -50,7 +51,13 @@ async def write_docker_archive(
         custom_verified.set()
 
     async with anyio.create_task_group() as tg:
-        hashes = HashPass(conf.store_layers, encoder, cpu_workers(), timelines)
+        hashes = HashPass(
+            conf.store_layers,
+            encoder,
+            options.hash_workers,
+            timelines,
+            processes=options.hash_in_processes,
+        )
         hashes.start(tg)
         tg.start_soon(verify_customisation)
 

@@ -10,7 +10,6 @@ every file is checked again after its content is read; any difference is a Chang
 
 from __future__ import annotations
 
-import hashlib
 import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -103,16 +102,22 @@ def open_checked(path: str, identity: tuple[int, int, int, int, int]) -> int:
 
 
 def _read_small(entry: Entry) -> bytes:
-    fd = open_checked(entry.path, entry.identity)
+    # No check at open: the one after reading also proves it was the file walked.
+    path, size = entry.path, entry.size
     try:
-        data = os.read(fd, entry.size)
-        while len(data) < entry.size and (more := os.read(fd, entry.size - len(data))):
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise store_error(path, exc, "open") from exc
+    try:
+        data = os.read(fd, size)
+        while len(data) < size and (more := os.read(fd, size - len(data))):
             data += more
-        check_unchanged(entry.path, fd, entry.identity)
+        if _identity(os.fstat(fd)) != entry.identity:
+            check_unchanged(path, fd, entry.identity)
     finally:
         os.close(fd)
-    if len(data) != entry.size:
-        raise ChangedError(f"{entry.path}: size {entry.size} -> {len(data)} while being read")
+    if len(data) != size:
+        raise ChangedError(f"{path}: size {size} -> {len(data)} while being read")
     return data
 
 
@@ -127,33 +132,43 @@ def layer_chunks(
         StoreError: a store path can't be read or holds something tar can't carry.
         ChangedError: a file changed while it was read.
     """
-    buf = bytearray()
-    done = 0  # bytes handed on so far
+    encode = encoder.encode
+    parts: list[bytes] = []
+    append = parts.append
+    held = 0  # bytes in parts
+    done = 0  # bytes handed on before them
     # /nix and /nix/store come first, to be consistent with the docker tools
-    buf += encoder.encode("/nix/", DIRTYPE, NIX_DIR_MODE)
-    buf += encoder.encode("/nix/store/", DIRTYPE, NIX_DIR_MODE)
+    append(encode("/nix/", DIRTYPE, NIX_DIR_MODE))
+    append(encode("/nix/store/", DIRTYPE, NIX_DIR_MODE))
+    held = 2 * len(parts[0])
     for store_path in store_paths:
         for entry in walk_store_path(store_path):
             on_entry(entry)
-            buf += encoder.encode(
+            header = encode(
                 entry.name, entry.type, entry.mode, entry.size, entry.linkname, entry.device
             )
-            if entry.type == REGTYPE and entry.size:
-                if entry.size <= INLINE_MAX:
-                    buf += _read_small(entry)
+            append(header)
+            held += len(header)
+            size = entry.size
+            if size and entry.type == REGTYPE:
+                pad = padding(size)
+                if size <= INLINE_MAX:
+                    append(_read_small(entry))
                 else:
-                    done += len(buf)
-                    yield bytes(buf)
-                    buf.clear()
-                    yield FileSpan(entry.path, entry.size, entry.identity)
-                    done += entry.size
-                buf += padding(entry.size)
-            if len(buf) >= CHUNK_TARGET:
-                done += len(buf)
-                yield bytes(buf)
-                buf.clear()
-    buf += end_of_archive(done + len(buf))
-    yield bytes(buf)
+                    yield b"".join(parts)
+                    parts.clear()
+                    yield FileSpan(entry.path, size, entry.identity)
+                    done += held + size
+                    held = 0
+                append(pad)
+                held += len(pad) + (size if size <= INLINE_MAX else 0)
+            if held >= CHUNK_TARGET:
+                yield b"".join(parts)
+                parts.clear()
+                done += held
+                held = 0
+    append(end_of_archive(done + held))
+    yield b"".join(parts)
 
 
 def _no_checkpoint() -> None:
@@ -196,33 +211,3 @@ class LayerHash:
     diff_id: Digest
     size: int
     witness: Witness
-
-
-def hash_layer(
-    store_paths: Sequence[str],
-    encoder: HeaderEncoder,
-    checkpoint: Callable[[], None] = _no_checkpoint,
-) -> LayerHash:
-    """The hash pass of one layer: its size and sha256, and what it saw (blocking).
-
-    ``checkpoint`` is called between chunks; it raises to abandon the pass (cancellation).
-
-    Raises:
-        StoreError, ChangedError: as layer_chunks.
-    """
-    digest = hashlib.sha256()
-    size = 0
-    witness = Witness()
-
-    def consume(data: memoryview) -> None:
-        digest.update(data)
-
-    for chunk in layer_chunks(store_paths, encoder, witness.record):
-        checkpoint()
-        if isinstance(chunk, bytes):
-            digest.update(chunk)
-            size += len(chunk)
-        else:
-            read_span(chunk, consume, checkpoint)
-            size += chunk.size
-    return LayerHash(Digest(digest.hexdigest()), size, witness)

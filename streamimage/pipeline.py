@@ -12,6 +12,7 @@ memory (the sink sends them with sendfile).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -19,17 +20,32 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+import anyio.to_process
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.from_thread import check_cancelled
 
 from streamimage.errors import ChangedError, OutputError
-from streamimage.layer import Chunk, FileSpan, LayerHash, check_unchanged, hash_layer, open_checked
+from streamimage.imagejson import Digest
+from streamimage.layer import (
+    Chunk,
+    FileSpan,
+    LayerHash,
+    Witness,
+    check_unchanged,
+    layer_chunks,
+    open_checked,
+    read_span,
+)
 from streamimage.tarheader import HeaderEncoder
 
-STREAM_BUFFER = 4  # chunks in flight between a producer and its consumer
+STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
+BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch carries
+BATCH_SPANS = 256  # large files one batch names (their content is not in memory)
 SEND_SIZE = 8 * 1024 * 1024  # bytes per sendfile call: the cancellation check interval
-_END = object()
+
+
+Batch = list[Chunk]
 
 
 class Sink(Protocol):
@@ -39,7 +55,7 @@ class Sink(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
-    async def send_span(self, span: FileSpan) -> None: ...
+    async def write_batch(self, batch: Batch) -> None: ...
 
 
 def output_error(name: str, exc: OSError) -> OutputError:
@@ -52,7 +68,8 @@ def output_error(name: str, exc: OSError) -> OutputError:
 
 
 class FdSink:
-    """A sink on a file descriptor (stdout, a pipe, a file); writes run in worker threads."""
+    """A sink on a file descriptor (stdout, a pipe, a file); writes run in worker threads,
+    a whole batch per thread call; large files go out with sendfile."""
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
@@ -71,6 +88,20 @@ class FdSink:
     async def write(self, data: bytes) -> None:
         await anyio.to_thread.run_sync(self._write_all, data)
         self.written += len(data)
+
+    def _write_batch(self, batch: Batch) -> int:
+        written = 0
+        for chunk in batch:
+            if isinstance(chunk, bytes):
+                self._write_all(chunk)
+                written += len(chunk)
+            else:
+                self._send(chunk)
+                written += chunk.size
+        return written
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.written += await anyio.to_thread.run_sync(self._write_batch, batch)
 
     def _send(self, span: FileSpan) -> None:
         fd = open_checked(span.path, span.identity)
@@ -99,16 +130,78 @@ class FdSink:
         self._write_all(data)
         return len(data)
 
-    async def send_span(self, span: FileSpan) -> None:
-        await anyio.to_thread.run_sync(self._send, span)
-        self.written += span.size
+
+class HashSink:
+    """The hash pass's sink: keeps only the size and sha256 of what is written; hashes in
+    a worker thread (hashlib and reads release the GIL) while the producer frames on."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self._digest = hashlib.sha256()
+
+    async def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self.written += len(data)
+
+    def _hash_batch(self, batch: Batch) -> int:
+        update = self._digest.update
+        written = 0
+        for chunk in batch:
+            if isinstance(chunk, bytes):
+                update(chunk)
+                written += len(chunk)
+            else:
+                read_span(chunk, update, check_cancelled)
+                written += chunk.size
+        return written
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.written += await anyio.to_thread.run_sync(self._hash_batch, batch)
+
+    @property
+    def diff_id(self) -> Digest:
+        return Digest(self._digest.hexdigest())
 
 
-async def _produce(chunks: Iterator[Chunk], send: anyio.abc.ObjectSendStream[Chunk]) -> None:
+async def hash_layer(store_paths: Sequence[str], encoder: HeaderEncoder) -> LayerHash:
+    """The hash pass of one layer: the same framing and pipeline as the stream pass, into
+    a HashSink; returns its diff_id and size and what it saw of every entry.
+
+    Raises:
+        StoreError, ChangedError: as layer_chunks.
+    """
+    witness = Witness()
+    sink = HashSink()
+    await stream_chunks(layer_chunks(store_paths, encoder, witness.record), sink)
+    return LayerHash(sink.diff_id, sink.written, witness)
+
+
+def hash_layer_blocking(store_paths: Sequence[str], encoder: HeaderEncoder) -> LayerHash:
+    """hash_layer in an event loop of its own: what a worker process runs."""
+    return anyio.run(hash_layer, store_paths, encoder)
+
+
+def _next_batch(chunks: Iterator[Chunk]) -> Batch:
+    """Up to BATCH_BYTES of chunks (large files' spans count as nothing: they stay on
+    disk), so that one thread hop moves many small files; empty when ``chunks`` is done."""
+    batch: Batch = []
+    held = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        if isinstance(chunk, bytes):
+            held += len(chunk)
+            if held >= BATCH_BYTES:
+                break
+        elif len(batch) >= BATCH_SPANS:
+            break
+    return batch
+
+
+async def _produce(chunks: Iterator[Chunk], send: anyio.abc.ObjectSendStream[Batch]) -> None:
     async with send:
         try:
-            while (chunk := await anyio.to_thread.run_sync(next, chunks, _END)) is not _END:
-                await send.send(chunk)  # type: ignore[arg-type]
+            while batch := await anyio.to_thread.run_sync(_next_batch, chunks):
+                await send.send(batch)
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -117,20 +210,18 @@ async def _produce(chunks: Iterator[Chunk], send: anyio.abc.ObjectSendStream[Chu
 
 async def stream_chunks(chunks: Iterator[Chunk], sink: Sink) -> int:
     """Stream one member's content: a producer task advances ``chunks`` in a worker thread
-    and sends them through a bounded memory stream; this task writes them to ``sink``.
+    and sends batches of them through a bounded memory stream; this task, the consumer,
+    writes them to ``sink``.
 
     Returns the number of content bytes written.
     """
     start = sink.written
-    send, receive = anyio.create_memory_object_stream[Chunk](STREAM_BUFFER)
+    send, receive = anyio.create_memory_object_stream[Batch](STREAM_BUFFER)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_produce, chunks, send)
         async with receive:
-            async for chunk in receive:
-                if isinstance(chunk, bytes):
-                    await sink.write(chunk)
-                else:
-                    await sink.send_span(chunk)
+            async for batch in receive:
+                await sink.write_batch(batch)
     return sink.written - start
 
 
@@ -160,12 +251,14 @@ class HashPass:
         encoder: HeaderEncoder,
         workers: int,
         timelines: Sequence[Timeline],
+        processes: bool = True,
     ) -> None:
         self._layers = layers
         self._encoder = encoder
         self._limiter = anyio.CapacityLimiter(workers)
         self._slots = [_Slot() for _ in layers]
         self._timelines = timelines
+        self._processes = processes
 
     def start(self, tg: TaskGroup) -> None:
         for index in range(len(self._layers)):
@@ -175,9 +268,15 @@ class HashPass:
         slot = self._slots[index]
         async with self._limiter:
             self._timelines[index].hash_start = time.monotonic()
-            slot.result = await anyio.to_thread.run_sync(
-                hash_layer, self._layers[index], self._encoder, check_cancelled
-            )
+            paths = self._layers[index]
+            if self._processes:
+                # A process of its own: the hash pass's Python work doesn't contend for
+                # the GIL with the stream pass; cancelling kills the worker.
+                slot.result = await anyio.to_process.run_sync(
+                    hash_layer_blocking, paths, self._encoder, cancellable=True
+                )
+            else:
+                slot.result = await hash_layer(paths, self._encoder)
             self._timelines[index].hash_end = time.monotonic()
         slot.done.set()
 

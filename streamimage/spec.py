@@ -38,6 +38,14 @@ class Conf:
     notes: tuple[str, ...] = ()  # what was changed in the conf, for the user to see
 
 
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to build, from the command line (the conf says what to build)."""
+
+    hash_workers: int = 2  # hash passes at once
+    hash_in_processes: bool = True  # worker processes (no GIL contention) or threads
+
+
 def _get(conf: dict[str, Any], key: str, where: str) -> Any:
     try:
         return conf[key]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from zlib import adler32
 
 BLOCKSIZE = 512  # tar block, bytes
 RECORDSIZE = 20 * BLOCKSIZE  # tarfile pads the archive to whole records (tar -b20)
@@ -55,9 +56,12 @@ class Member:
     pax_headers: Mapping[str, str] = field(default_factory=dict)
 
 
+_PADDING = [NUL * (-used % BLOCKSIZE) for used in range(BLOCKSIZE)]
+
+
 def padding(size: int) -> bytes:
     """The NULs that fill a member's data of ``size`` bytes up to a whole block."""
-    return NUL * (-size % BLOCKSIZE)
+    return _PADDING[size % BLOCKSIZE]
 
 
 def end_of_archive(offset: int) -> bytes:
@@ -77,12 +81,26 @@ def _text(value: str, length: int) -> bytes:
     return data + NUL * (length - len(data))
 
 
+def _byte_sum(data: bytes) -> int:
+    """sum(data) for at most 256 bytes, at C speed: adler32's low half is 1 + the byte sum
+    modulo 65521, and 256 bytes of 0xff sum to 65280, which doesn't wrap."""
+    return (adler32(data) & 0xFFFF) - 1
+
+
 def _pax_record(keyword: bytes, value: bytes) -> bytes:
-    # "%d %s=%s\n", where %d counts the whole record including its own digits
+    # "%d %s=%s\n", where %d counts the whole record including its own digits: the
+    # fixed point tarfile's loop finds (a length of 8 gives 9; of 9, 11; of 98, 101)
     length = len(keyword) + len(value) + 3
-    total = length + len(str(length))
-    if len(str(total)) != len(str(length)):
-        total = length + len(str(total))
+    if length <= 8:
+        total = length + 1
+    elif length <= 97:
+        total = length + 2
+    elif length <= 996:
+        total = length + 3
+    else:
+        total = length + len(str(length))
+        if len(str(total)) != len(str(length)):
+            total = length + len(str(total))
     return b"%d %s=%s\n" % (total, keyword, value)
 
 
@@ -114,19 +132,29 @@ def _ustar_block(
     return b"%s%06o\0 %s" % (head, checksum, rest)
 
 
+# The extended header's block differs only in its size field: everything else is fixed.
+_PAX_HEAD = _text(PAX_NAME, LENGTH_NAME) + _octal(0, 8) * 3  # name, mode, uid, gid
+_PAX_MTIME = _octal(0, 12)
+_PAX_REST = XHDTYPE + NUL * LENGTH_LINK + POSIX_MAGIC + NUL * (2 * LENGTH_OWNER)
+_PAX_REST += _NO_DEVICE + _PREFIX_AND_PAD
+_PAX_FIXED_SUM = sum(_PAX_HEAD) + sum(_PAX_MTIME) + sum(_PAX_REST) + _CHECKSUM_SPACES
+
+
+def _extended_block(length: int) -> bytes:
+    size = b"%011o\0" % length
+    checksum = _PAX_FIXED_SUM + sum(size)
+    return b"%s%s%s%06o\0 %s" % (_PAX_HEAD, size, _PAX_MTIME, checksum, _PAX_REST)
+
+
+_EXTENDED_BLOCKS = [_extended_block(length) for length in range(2 * BLOCKSIZE)]
+
+
 def _extended_header(records: bytes) -> bytes:
     """The ``././@PaxHeader`` block and its zero-padded records."""
-    block = _ustar_block(
-        _text(PAX_NAME, LENGTH_NAME),
-        _octal(0, 8),
-        _octal(0, 8) * 2,
-        _octal(len(records), 12),
-        _octal(0, 12),
-        XHDTYPE,
-        NUL * LENGTH_LINK,
-        POSIX_MAGIC + NUL * (2 * LENGTH_OWNER) + _NO_DEVICE + _PREFIX_AND_PAD,
-    )
-    return block + records + padding(len(records))
+    length = len(records)
+    # the block depends on the records' length alone: the usual ones are made once
+    block = _EXTENDED_BLOCKS[length] if length < 2 * BLOCKSIZE else _extended_block(length)
+    return block + records + _PADDING[length % BLOCKSIZE]
 
 
 def _with_pax(records: list[bytes], binary: bool, block: bytes) -> bytes:
@@ -207,41 +235,55 @@ def encode_header(member: Member) -> bytes:
 class HeaderEncoder:
     """Headers for the members of one archive that share uid, gid, names and mtime.
 
-    The fast path of :func:`encode_header`, with every field that is the same for all
-    members of a layer (and their pax records) prepared once.  Integers only: mtime
-    is whole seconds, as the conf gives it.
+    The fast path of :func:`encode_header`: every field that is the same for all members
+    of a layer (and its pax records, and its share of the checksum) is prepared once.
+    Integers only: mtime is whole seconds, as the conf gives it.
     """
 
-    __slots__ = ("_mtime", "_owner", "_owner_binary", "_owner_records", "_tail", "_tail_device")
+    __slots__ = (
+        "_binary",
+        "_fixed_sum",
+        "_modes",
+        "_mtime_field",
+        "_owner",
+        "_records_after_size",
+        "_records_before_size",
+        "_tail",
+        "_tail_device",
+        "_tail_sum",
+    )
 
     def __init__(self, *, uid: int, gid: int, uname: str, gname: str, mtime: int) -> None:
-        self._owner = b""
-        records: list[tuple[bytes, bytes]] = []
-        binary = False
         # Records in tarfile's order: path, linkpath | uname, gname, uid, gid | size | mtime.
-        for keyword, text, limit in (
-            ("uname", uname, LENGTH_OWNER),
-            ("gname", gname, LENGTH_OWNER),
-        ):
-            if not text.isascii() or len(text) > limit:
+        before: list[bytes] = []
+        binary = False
+        for keyword, text in ((b"uname", uname), (b"gname", gname)):
+            if not text.isascii() or len(text) > LENGTH_OWNER:
                 value, surrogates = _pax_value(text)
                 binary = binary or surrogates
-                records.append((keyword.encode(), value))
-        for keyword, number in (("uid", uid), ("gid", gid)):
+                before.append(_pax_record(keyword, value))
+        owner = b""
+        for keyword, number in ((b"uid", uid), (b"gid", gid)):
             fits = 0 <= number < 8**7
-            self._owner += _octal(number if fits else 0, 8)
+            owner += _octal(number if fits else 0, 8)
             if not fits:
-                records.append((keyword.encode(), str(number).encode()))
-        self._owner_records = [_pax_record(k, v) for k, v in records]
-        self._owner_binary = binary
+                before.append(_pax_record(keyword, str(number).encode()))
         fits = 0 <= mtime < 8**11
-        self._mtime = (
-            _octal(mtime if fits else 0, 12),
-            None if fits else _pax_record(b"mtime", str(mtime).encode()),
-        )
-        self._tail = POSIX_MAGIC + _text(uname, LENGTH_OWNER) + _text(gname, LENGTH_OWNER)
-        self._tail_device = self._tail
-        self._tail += _NO_DEVICE + _PREFIX_AND_PAD
+        self._mtime_field = _octal(mtime if fits else 0, 12)
+        self._records_after_size = b"" if fits else _pax_record(b"mtime", str(mtime).encode())
+        self._records_before_size = b"".join(before)
+        self._binary = binary
+        self._owner = owner
+        self._tail_device = POSIX_MAGIC + _text(uname, LENGTH_OWNER) + _text(gname, LENGTH_OWNER)
+        self._tail = self._tail_device + _NO_DEVICE + _PREFIX_AND_PAD
+        self._tail_sum = sum(self._tail)
+        self._fixed_sum = sum(owner) + sum(self._mtime_field) + _CHECKSUM_SPACES
+        self._modes: dict[int, tuple[bytes, int]] = {}
+
+    def _mode(self, mode: int) -> tuple[bytes, int]:
+        field = b"%07o\0" % (mode & 0o7777)
+        self._modes[mode] = entry = (field, sum(field))
+        return entry
 
     def encode(
         self,
@@ -253,52 +295,64 @@ class HeaderEncoder:
         device: tuple[int, int] = (0, 0),
     ) -> bytes:
         """The header blocks of one member; ``name`` of a directory ends in ``/``."""
-        records: list[bytes] = []
-        binary = self._owner_binary
+        records = b""
+        binary = self._binary
         if name.isascii():
             name_field = name.encode("ascii")
-            if len(name_field) > LENGTH_NAME:
-                records.append(_pax_record(b"path", name_field))
+            if (length := len(name_field)) > LENGTH_NAME:
+                records = _pax_record(b"path", name_field)
                 name_field = name_field[:LENGTH_NAME]
+                checksum = _byte_sum(name_field)
             else:
-                name_field += NUL * (LENGTH_NAME - len(name_field))
+                checksum = _byte_sum(name_field)
+                name_field += NUL * (LENGTH_NAME - length)
         else:
-            value, surrogates = _pax_value(name)
-            binary = binary or surrogates
-            records.append(_pax_record(b"path", value))
+            value, binary_name = _pax_value(name)
+            binary = binary or binary_name
+            records = _pax_record(b"path", value)
             name_field = _text(name, LENGTH_NAME)
+            checksum = sum(name_field)
         if not linkname:
             link_field = NUL * LENGTH_LINK
         elif linkname.isascii() and len(linkname) <= LENGTH_LINK:
             link_field = linkname.encode("ascii")
+            checksum += _byte_sum(link_field)
             link_field += NUL * (LENGTH_LINK - len(link_field))
         else:
-            value, surrogates = _pax_value(linkname)
-            binary = binary or surrogates
-            records.append(_pax_record(b"linkpath", value))
+            value, binary_link = _pax_value(linkname)
+            binary = binary or binary_link
+            records += _pax_record(b"linkpath", value)
             link_field = _text(linkname, LENGTH_LINK)
-        records += self._owner_records
+            checksum += sum(link_field)
+        records += self._records_before_size
         if size < 8**11:
             size_field = b"%011o\0" % size
         else:
             size_field = _octal(0, 12)
-            records.append(_pax_record(b"size", str(size).encode()))
-        mtime_field, mtime_record = self._mtime
-        if mtime_record is not None:
-            records.append(mtime_record)
+            records += _pax_record(b"size", str(size).encode())
+        records += self._records_after_size
         if type_ in _DEVICE_TYPES:
             tail = self._tail_device + _octal(device[0], 8) + _octal(device[1], 8)
             tail += _PREFIX_AND_PAD
+            checksum += sum(tail)
         else:
             tail = self._tail
-        block = _ustar_block(
+            checksum += self._tail_sum
+        mode_field, mode_sum = self._modes.get(mode) or self._mode(mode)
+        checksum += self._fixed_sum + mode_sum + _byte_sum(size_field) + type_[0]
+        block = b"%s%s%s%s%s%06o\0 %s%s%s" % (
             name_field,
-            b"%07o\0" % (mode & 0o7777),
+            mode_field,
             self._owner,
             size_field,
-            mtime_field,
+            self._mtime_field,
+            checksum,
             type_,
             link_field,
             tail,
         )
-        return _with_pax(records, binary, block)
+        if not records:
+            return block
+        if binary:
+            records = _BINARY_RECORD + records
+        return _extended_header(records) + block

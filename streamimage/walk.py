@@ -19,9 +19,9 @@ from streamimage.errors import StoreError
 from streamimage.tarheader import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, REGTYPE, SYMTYPE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 5x, per entry
 class Entry:
-    """One member of a layer, as found on disk."""
+    """One member of a layer, as found on disk (treat as immutable)."""
 
     path: str  # where it is on disk
     name: str  # its name in the layer: absolute, a directory's ending in "/"
