@@ -84,7 +84,9 @@ def name_of(length: int, filler: str = "n") -> str:
 @pytest.mark.parametrize("kind", [REGTYPE, DIRTYPE, SYMTYPE])
 def test_name_lengths_around_the_ustar_field_match_tarfile(length: int, kind: bytes) -> None:
     name = name_of(max(length, 12))
-    assert_both_match(Member(name=name, type=kind, linkname="t" * length if kind == SYMTYPE else ""))
+    assert_both_match(
+        Member(name=name, type=kind, linkname="t" * length if kind == SYMTYPE else "")
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,7 +135,9 @@ def test_device_numbers_and_existing_pax_records_match_tarfile() -> None:
     assert_both_match(Member(name="/dev/null", type=CHRTYPE, devmajor=1, devminor=3))
     assert_both_match(Member(name="/b", type=BLKTYPE, devmajor=259, devminor=0))
     assert_both_match(
-        Member(name="/f", mtime=1.25, pax_headers={"mtime": "1.25", "comment": "kept", "path": "/g"})
+        Member(
+            name="/f", mtime=1.25, pax_headers={"mtime": "1.25", "comment": "kept", "path": "/g"}
+        )
     )
 
 
