@@ -78,11 +78,24 @@ def test_an_id_that_is_not_a_number_is_refused(value: object) -> None:
         parse_conf(conf(uid=value), "c.json", now=NOW)
 
 
-@pytest.mark.parametrize(
-    "key",
-    ["architecture", "config", "created", "mtime", "uid", "gid", "uname", "gname", "store_dir"]
-    + ["from_image", "store_layers", "customisation_layer", "repo_tag"],
-)
+REQUIRED = [
+    "architecture",
+    "config",
+    "created",
+    "mtime",
+    "uid",
+    "gid",
+    "uname",
+    "gname",
+    "store_dir",
+    "from_image",
+    "store_layers",
+    "customisation_layer",
+    "repo_tag",
+]
+
+
+@pytest.mark.parametrize("key", REQUIRED)
 def test_a_missing_key_is_named(key: str) -> None:
     document = conf()
     del document[key]
