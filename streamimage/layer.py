@@ -105,7 +105,7 @@ def _read_small(entry: Entry) -> bytes:
     # No check at open: the one after reading also proves it was the file walked.
     path, size = entry.path, entry.size
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(entry.base, _OPEN_FLAGS, dir_fd=entry.dir_fd)
     except OSError as exc:
         raise store_error(path, exc, "open") from exc
     try:

@@ -1,6 +1,7 @@
 """Store paths -> the entries of a layer, in the reference's order, one lstat each.
 
-IO: lstat, listdir, readlink; nothing is opened.
+IO: lstat, listdir, readlink, relative to an open descriptor of each directory on the
+current branch (fstatat/openat skip resolving a deep path again for every entry).
 Rule 1: the order is pathlib's ``sorted(chain([p], p.rglob("*")))``: the store path, then a
 depth-first walk with each directory's names sorted by code point (names that are not
 UTF-8 sort by their surrogate escapes), never following a symlink.
@@ -25,6 +26,8 @@ class Entry:
 
     path: str  # where it is on disk
     name: str  # its name in the layer: absolute, a directory's ending in "/"
+    dir_fd: int | None  # its directory, open while the walk is in it (None: use path)
+    base: str  # its name in that directory
     type: bytes  # tar type flag
     mode: int
     size: int  # content bytes: st_size for a regular file, else 0
@@ -45,9 +48,9 @@ def store_error(path: str, exc: OSError, doing: str) -> StoreError:
     return StoreError(f"{path}: cannot {doing}: {reason}")
 
 
-def _entry(path: str, name: str) -> Entry:
+def _entry(path: str, name: str, dir_fd: int | None, base: str) -> Entry:
     try:
-        st = os.lstat(path)
+        st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         raise StoreError(f"{path}: does not exist") from None
     except OSError as exc:
@@ -64,7 +67,7 @@ def _entry(path: str, name: str) -> Entry:
     elif stat.S_ISLNK(mode):
         type_ = SYMTYPE
         try:
-            linkname = os.readlink(path)
+            linkname = os.readlink(base, dir_fd=dir_fd)
         except OSError as exc:
             raise store_error(path, exc, "read the symlink") from exc
     elif stat.S_ISFIFO(mode):
@@ -75,36 +78,54 @@ def _entry(path: str, name: str) -> Entry:
     else:
         kind = "a socket" if stat.S_ISSOCK(mode) else f"of file type {stat.S_IFMT(mode):o}"
         raise StoreError(f"{path}: is {kind}, which a tar layer cannot carry")
-    return Entry(path, name, type_, mode & 0o7777, size, linkname, device, identity)
+    return Entry(path, name, dir_fd, base, type_, mode & 0o7777, size, linkname, device, identity)
 
 
-def _names(directory: str) -> list[str]:
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_directory(path: str, dir_fd: int | None, base: str) -> tuple[int, list[str]]:
+    """An open descriptor of the directory and its names, sorted by code point."""
     try:
-        return sorted(os.listdir(directory))
+        fd = os.open(base, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
-        raise store_error(directory, exc, "list the directory") from exc
+        raise store_error(path, exc, "open the directory") from exc
+    try:
+        return fd, sorted(os.listdir(fd))
+    except OSError as exc:
+        os.close(fd)
+        raise store_error(path, exc, "list the directory") from exc
 
 
 def walk_store_path(store_path: str) -> Iterator[Entry]:
     """The store path and everything below it, in the reference's member order.
 
+    An entry's ``dir_fd`` is open only until the walk moves on from it.
+
     Raises:
         StoreError: a path is missing, unreadable or of a kind a tar layer can't carry.
     """
     path = str(PurePosixPath(store_path))
-    top = _entry(path, "/" + path.lstrip("/"))
+    top = _entry(path, "/" + path.lstrip("/"), None, path)
     yield top
     if top.type != DIRTYPE:
         return
     # Depth-first with an explicit stack: a deep tree must not meet the recursion limit.
-    stack = [(path, top.name, iter(_names(path)))]
-    while stack:
-        parent_path, parent_name, names = stack[-1]
-        for child in names:
-            entry = _entry(f"{parent_path}/{child}", parent_name + child)
-            yield entry
-            if entry.type == DIRTYPE:
-                stack.append((entry.path, entry.name, iter(_names(entry.path))))
-                break
-        else:
-            stack.pop()
+    fd, names = _open_directory(path, None, path)
+    stack = [(fd, path, top.name, iter(names))]
+    try:
+        while stack:
+            dir_fd, parent_path, parent_name, children = stack[-1]
+            for child in children:
+                entry = _entry(f"{parent_path}/{child}", parent_name + child, dir_fd, child)
+                yield entry
+                if entry.type == DIRTYPE:
+                    fd, names = _open_directory(entry.path, dir_fd, child)
+                    stack.append((fd, entry.path, entry.name, iter(names)))
+                    break
+            else:
+                stack.pop()
+                os.close(dir_fd)
+    finally:
+        for dir_fd, *_ in stack:
+            os.close(dir_fd)
