@@ -99,22 +99,29 @@ def load_conf(path: str, repo_tag: str | None) -> Conf:
 
 
 @contextmanager
-def open_output(path: str | None) -> Iterator[FdSink]:
+def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterator[FdSink]:
     """stdout, or a temporary file beside ``path`` that becomes ``path`` only on success.
+    The sink is also appended to ``opened``, for main to see a write left stuck.
 
     Raises:
         OutputError: the file can't be created or renamed.
     """
     if path is None:
-        yield FdSink(STDOUT, "stdout")
+        sink = FdSink(STDOUT, "stdout")
+        if opened is not None:
+            opened.append(sink)
+        yield sink
         return
     directory, name = os.path.split(os.path.abspath(path))
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
     except OSError as exc:
         raise OutputError(f"{path}: cannot create: {exc.strerror or exc}") from None
+    sink = FdSink(fd, path)
+    if opened is not None:
+        opened.append(sink)
     try:
-        yield FdSink(fd, path)
+        yield sink
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # what open() would have made; mkstemp makes 0600
@@ -122,7 +129,7 @@ def open_output(path: str | None) -> Iterator[FdSink]:
         fd = -1
         os.replace(temporary, path)
     except BaseException:
-        if fd >= 0:
+        if fd >= 0 and not sink.busy:  # a stuck write still holds the fd: leave it
             os.close(fd)
         os.unlink(temporary)
         raise
@@ -134,8 +141,15 @@ async def _watch_signals() -> None:
             raise Interrupted(signum)
 
 
-async def run(conf: Conf, output: str | None, reporter: Reporter, options: Options) -> None:
-    """Build the image of ``conf`` into ``output`` (stdout when None)."""
+async def run(
+    conf: Conf,
+    output: str | None,
+    reporter: Reporter,
+    options: Options,
+    opened: list[FdSink] | None = None,
+) -> None:
+    """Build the image of ``conf`` into ``output`` (stdout when None); the sink opened is
+    appended to ``opened``."""
     for note in conf.notes:
         reporter.note(note)
     base = None
@@ -145,7 +159,7 @@ async def run(conf: Conf, output: str | None, reporter: Reporter, options: Optio
         customisation = await anyio.to_thread.run_sync(open_customisation, conf.customisation_layer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
-            with open_output(output) as sink:
+            with open_output(output, opened) as sink:
                 await write_docker_archive(conf, base, customisation, sink, reporter, options)
             tg.cancel_scope.cancel()
     finally:
@@ -170,6 +184,17 @@ def _contains_ours(error: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``streamimage`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    opened: list[FdSink] = []
+    status = _build(args, opened)
+    if any(sink.busy for sink in opened):
+        # A write abandoned on cancellation is still blocked on a reader that doesn't
+        # read; the interpreter would join its (non-daemon) thread at exit for ever.
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
     reporter = Reporter(sys.stderr, quiet=args.quiet, verbose=args.verbose)
     try:
         try:
@@ -181,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.jobs < 1:
                 raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
             options = Options(hash_workers=args.jobs, hash_in_processes=args.hash_in == "process")
-            anyio.run(run, conf, args.output, reporter, options)
+            anyio.run(run, conf, args.output, reporter, options, opened)
         except BaseExceptionGroup as group:
             raise _leaf(group) from None
     except StreamImageError as exc:

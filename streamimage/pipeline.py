@@ -3,7 +3,9 @@
 ASYNC; knows no image format (docker.py and the OCI writers use it).
 Rule 1: structured concurrency only: every task lives in a task group, every thread is an
 ``anyio.to_thread.run_sync`` call that checks for cancellation between chunks, so an error
-anywhere stops everything and surfaces once.
+anywhere stops everything and surfaces once.  The one exception: a write to the output,
+which a reader that stops reading blocks for ever, is abandoned on cancellation
+(``FdSink.busy`` then tells the caller not to close the fd, and to exit without joining).
 Rule 2: memory is bounded: chunks are at most CHUNK_TARGET (+ one small file) bytes, at
 most STREAM_BUFFER of them wait between producer and consumer; large files are never in
 memory (the sink sends them with sendfile).
@@ -15,7 +17,7 @@ import errno
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +78,26 @@ class FdSink:
         self.name = name
         self.written = 0
         self._sendfile = True
+        self._busy = False  # a worker thread is inside a write (set here, cleared there)
+
+    @property
+    def busy(self) -> bool:
+        """True while a write runs, or after one was abandoned and is still blocked: then
+        the fd must not be closed (its number could be reused under the stuck write)."""
+        return self._busy
+
+    def _run_busy(self, func: Callable[[Batch], int], batch: Batch) -> int:
+        try:
+            return func(batch)
+        finally:
+            self._busy = False
+
+    async def _in_thread(self, func: Callable[[Batch], int], batch: Batch) -> int:
+        # abandon_on_cancel: a reader that stops reading blocks os.write (or sendfile) for
+        # ever, and cancelling (a signal, a failed hash pass) must not wait for it; one
+        # write runs at a time, so _busy needs no lock.
+        self._busy = True
+        return await anyio.to_thread.run_sync(self._run_busy, func, batch, abandon_on_cancel=True)
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -86,8 +108,7 @@ class FdSink:
             raise output_error(self.name, exc) from exc
 
     async def write(self, data: bytes) -> None:
-        await anyio.to_thread.run_sync(self._write_all, data)
-        self.written += len(data)
+        self.written += await self._in_thread(self._write_batch, [data])
 
     def _write_batch(self, batch: Batch) -> int:
         written = 0
@@ -101,7 +122,7 @@ class FdSink:
         return written
 
     async def write_batch(self, batch: Batch) -> None:
-        self.written += await anyio.to_thread.run_sync(self._write_batch, batch)
+        self.written += await self._in_thread(self._write_batch, batch)
 
     def _send(self, span: FileSpan) -> None:
         fd = open_checked(span.path, span.identity)
