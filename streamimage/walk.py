@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -97,7 +97,7 @@ def _open_directory(path: str, dir_fd: int | None, base: str) -> tuple[int, list
         raise store_error(path, exc, "list the directory") from exc
 
 
-def walk_store_path(store_path: str) -> Iterator[Entry]:
+def walk_store_path(store_path: str) -> Generator[Entry, None, None]:
     """The store path and everything below it, in the reference's member order.
 
     An entry's ``dir_fd`` is open only until the walk moves on from it.
