@@ -1,0 +1,401 @@
+"""Faults while running: files that change under us, readers that go away or never read,
+a full disk, signals, and in-process fault injection into the pipeline.
+
+Rule: every run ends promptly, non-zero, with one error line naming the culprit, and never
+with exit 0 and a diff_id that doesn't match its layer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import pytest
+
+from streamimage import cli, layer, pipeline
+from streamimage.customisation import open_customisation
+from streamimage.docker import write_docker_archive
+from streamimage.errors import ChangedError, OutputError, StoreError
+from streamimage.pipeline import Batch, FdSink, HashPass
+from streamimage.report import Reporter
+from streamimage.spec import Options, parse_conf
+from streamimage.walk import Entry
+from tests import storegen
+from tests.failures import Store, assert_failed, assert_run_failed, make_store, run, tool_env
+
+BLOCK = 512  # tar block
+SMALL_FILE = 60 * 1024  # bytes: below layer.INLINE_MAX, so read inline by the producer
+FILLER_FILES = 200  # 12 MB of small files: far more than the pipeline buffers ahead
+STOP_BOUND = 10.0  # seconds: only a hang takes this long (a prompt exit takes < 1 s)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the backend cli.main runs (the trio installed here is too old)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return make_store(tmp_path)
+
+
+def add_layer(store: Store, name: str) -> str:
+    path = storegen.store_path(name)
+    (store.root / path).mkdir()
+    store.conf["store_layers"].append([path])
+    return path
+
+
+def popen(store: Store, *args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """The tool in a session of its own, so that its process group lists its workers."""
+    return subprocess.Popen(
+        [*storegen.tool_cmd(), storegen.CONF_NAME, *args],
+        cwd=store.root,
+        env=tool_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def group_members(pgid: int) -> list[int]:
+    """Processes still in process group ``pgid`` (from /proc, no psutil)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid:  # state, ppid, pgrp
+            found.append(int(name))
+    return found
+
+
+def read_exactly(stream: io.BufferedReader, size: int) -> bytes:
+    data = stream.read(size)
+    assert len(data) == size, "the image ended early"
+    return data
+
+
+def read_member_header(stream: io.BufferedReader) -> tuple[str, int]:
+    """Name and size of the next outer member (plain ustar: layer names are short)."""
+    header = read_exactly(stream, BLOCK)
+    name = header[:100].rstrip(b"\0").decode()
+    return name, int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+
+
+def finish(proc: subprocess.Popen[bytes], stdout: bytes) -> tuple[int, bytes, bytes]:
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    rest = proc.stdout.read()
+    status = proc.wait(STOP_BOUND)
+    return status, stdout + rest, proc.stderr.read()
+
+
+# --- a file changes between the hash pass and the stream pass ------------------------
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True], ids=["new-mtime", "mtime-restored"])
+def test_file_changed_between_passes_fails_naming_it(store: Store, restore_mtime: bool) -> None:
+    # Layer 2 is FILLER_FILES small files, then the victim: its outer header on stdout
+    # proves its hash pass is done, and the bounded pipeline can't have read the victim
+    # yet while this reader holds back. The reference writes a wrong diff_id and exits 0.
+    late = add_layer(store, "late-layer")
+    for i in range(FILLER_FILES):
+        (store.root / late / f"filler-{i:03}").write_bytes(os.urandom(SMALL_FILE))
+    victim = store.root / late / "zz-victim"
+    victim.write_bytes(b"a" * 1000)
+    store.write_conf()
+    with popen(store) as proc:
+        check_late_change(store, proc, victim, restore_mtime)
+
+
+def check_late_change(
+    store: Store, proc: subprocess.Popen[bytes], victim: Path, restore_mtime: bool
+) -> None:
+    assert proc.stdout is not None
+    seen = b""
+    for _ in range(len(store.layers) - 1):
+        name, size = read_member_header(proc.stdout)  # type: ignore[arg-type]
+        assert name.endswith("/layer.tar")
+        seen += read_exactly(proc.stdout, size + -size % BLOCK)  # type: ignore[arg-type]
+    name, _ = read_member_header(proc.stdout)  # type: ignore[arg-type]
+    assert name.endswith("/layer.tar")  # the late layer: hashed, and streaming
+    before = victim.stat()
+    victim.write_bytes(b"b" * 1000)  # same size, new content
+    if restore_mtime:
+        os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # ctime still moves
+    status, stdout, stderr = finish(proc, seen)
+    assert_failed(status, stdout, stderr, 1, f"{victim.parent.name}/zz-victim", "changed")
+
+
+def test_file_changed_between_passes_in_process_fails(
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    victim = store.root / store.layers[1][0] / "bin" / "hello"
+    original = HashPass.result
+
+    async def result_then_change(self: HashPass, index: int) -> layer.LayerHash:
+        hashed = await original(self, index)
+        if index == 1:  # hashed, not yet streamed
+            mode = victim.stat().st_mode
+            victim.write_bytes(victim.read_bytes().upper())
+            victim.chmod(mode)
+        return hashed
+
+    monkeypatch.setattr(HashPass, "result", result_then_change)
+    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar")
+    assert_failed(status, b"", stderr, 1, "bin/hello", "changed between the hash pass")
+    assert not (tmp_path / "image.tar").exists()
+
+
+def main_in_process(
+    store: Store, monkeypatch: pytest.MonkeyPatch, output: Path, *args: str
+) -> tuple[int, str]:
+    """cli.main in this process (hash passes in threads, to see the monkeypatches)."""
+    store.write_conf()
+    monkeypatch.chdir(store.root)
+    errors = io.StringIO()
+    monkeypatch.setattr("sys.stderr", errors)
+    argv = [storegen.CONF_NAME, "-o", str(output), "--hash-in", "thread", *args]
+    return cli.main(argv), errors.getvalue()
+
+
+def make_big_file(store: Store, size: int) -> Path:
+    big = store.root / store.layers[0][0] / "lib" / "big.bin"
+    with big.open("wb") as file:
+        file.truncate(size)
+    return big
+
+
+def test_file_changed_while_hashed_fails(
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    big = make_big_file(store, 3 * layer.READ_SIZE)
+    calls = 0
+    original = pipeline.check_cancelled  # type: ignore[attr-defined]
+
+    def checkpoint_then_change() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # one READ_SIZE of the big file hashed
+            with big.open("r+b") as file:
+                file.write(b"changed")
+        original()
+
+    monkeypatch.setattr(pipeline, "check_cancelled", checkpoint_then_change)
+    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar")
+    assert_failed(status, b"", stderr, 1, "lib/big.bin", "changed while being archived")
+
+
+def test_file_changed_while_sent_fails(
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    big = make_big_file(store, pipeline.SEND_SIZE + 1)
+    original = FdSink._send_some
+
+    def send_then_change(self: FdSink, fd: int, offset: int, count: int) -> int:
+        sent = original(self, fd, offset, count)
+        if offset == 0 and count == pipeline.SEND_SIZE:
+            with big.open("r+b") as file:
+                file.write(b"changed")
+        return sent
+
+    monkeypatch.setattr(FdSink, "_send_some", send_then_change)
+    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar")
+    assert_failed(status, b"", stderr, 1, "lib/big.bin", "changed while being archived")
+
+
+# --- the reader: gone early, never reading, a full disk ------------------------------
+
+
+@pytest.fixture
+def big_store(store: Store) -> Store:
+    """Layer 1 holds 20 MB of random data, layer 2 a 1 GB sparse file: hashes still run
+    (in worker processes) when a reader leaves after the first bytes."""
+    lib = store.root / store.layers[0][0] / "lib"
+    (lib / "random.bin").write_bytes(os.urandom(20 * 1024 * 1024))
+    with (store.root / store.layers[1][0] / "huge.bin").open("wb") as file:
+        file.truncate(1024 * 1024 * 1024)
+    store.write_conf()
+    return store
+
+
+def test_reader_gone_early_exits_promptly(big_store: Store) -> None:
+    with popen(big_store) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        head = proc.stdout.read(100)  # `| head -c 100`
+        proc.stdout.close()
+        gone = time.monotonic()
+        status = proc.wait(STOP_BOUND)
+        took = time.monotonic() - gone
+        assert group_members(proc.pid) == [], "a hash worker or the tool outlived the run"
+        assert_failed(status, head, proc.stderr.read(), 1, "stdout", "reader went away")
+    print(f"exited {took:.3f} s after the reader left")  # noqa: T201 (shown with -s)
+
+
+def test_full_disk_is_one_line_enospc(store: Store) -> None:
+    store.write_conf()
+    with open("/dev/full", "wb") as full:
+        result = run(store, stdout=full.fileno())
+    assert_run_failed(result, 1, "stdout", "no space left on device")
+
+
+def wait_until_blocked_on_pipe(proc: subprocess.Popen[bytes]) -> None:
+    """Until a thread of the tool sleeps in the kernel waiting for room in a pipe (its
+    stdout: the only pipe it writes), read from /proc."""
+    deadline = time.monotonic() + STOP_BOUND
+    while True:
+        assert proc.poll() is None, "the tool ended before filling the pipe"
+        waits = []
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            try:
+                waits.append(Path(f"/proc/{proc.pid}/task/{task}/wchan").read_text())
+            except OSError:
+                continue
+        if any(wait.startswith("pipe_") for wait in waits):  # pipe_wait_writable, pipe_write
+            return
+        assert time.monotonic() < deadline, f"the tool never blocked on its pipe: {waits}"
+        time.sleep(0.01)  # polling the kernel's view, not waiting for a guess
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("hash_in", ["process", "thread"])
+def test_signal_stops_a_run_blocked_on_its_reader(
+    big_store: Store, signum: signal.Signals, hash_in: str
+) -> None:
+    with popen(big_store, "--hash-in", hash_in) as proc:
+        assert proc.stderr is not None
+        wait_until_blocked_on_pipe(proc)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        try:
+            status = proc.wait(STOP_BOUND)
+        finally:
+            proc.kill()
+        took = time.monotonic() - sent
+        assert group_members(proc.pid) == []
+        assert_failed(status, b"", proc.stderr.read(), 128 + signum, signum.name)
+    print(f"{signum.name}: exited {took:.3f} s after the signal")  # noqa: T201
+
+
+# --- in-process fault injection into the pipeline ------------------------------------
+
+
+class FailingSink:
+    """A sink that takes ``limit`` bytes, then fails like a closed pipe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.written = 0
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        await self.write_batch([data])
+
+    async def write_batch(self, batch: Batch) -> None:
+        for chunk in batch:
+            if isinstance(chunk, layer.FileSpan):
+                content = bytearray()
+                layer.read_span(chunk, content.extend)
+                chunk = bytes(content)
+            if self.written + len(chunk) > self.limit:
+                raise OutputError("test sink: the reader went away")
+            self.data += chunk
+            self.written += len(chunk)
+            await anyio.lowlevel.checkpoint()
+
+
+async def build(store: Store, sink: pipeline.Sink) -> None:
+    conf = parse_conf(store.conf, "conf")
+    customisation = open_customisation(conf.customisation_layer)
+    options = Options(hash_workers=2, hash_in_processes=False)
+    await write_docker_archive(conf, None, customisation, sink, Reporter(io.StringIO()), options)
+
+
+@pytest.fixture
+def in_store(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.chdir(store.root)
+    return store
+
+
+@pytest.mark.parametrize("limit", [0, 700, 10 * BLOCK, 30000])
+async def test_sink_failing_after_n_bytes_ends_cleanly(in_store: Store, limit: int) -> None:
+    sink = FailingSink(limit)
+    with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(OutputError, flatten_subgroups=True):
+        await build(in_store, sink)
+    assert sink.written <= limit
+
+
+async def test_walk_raising_mid_layer_ends_cleanly(
+    in_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = layer.walk_store_path  # type: ignore[attr-defined]
+
+    def walk_then_fail(store_path: str) -> Iterator[Entry]:
+        for count, entry in enumerate(original(store_path)):
+            if count == 2 and "hello-2.12" in store_path:
+                raise StoreError(f"{entry.path}: injected failure")
+            yield entry
+
+    monkeypatch.setattr(layer, "walk_store_path", walk_then_fail)
+    sink = FailingSink(1 << 30)
+    with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(StoreError, flatten_subgroups=True):
+        await build(in_store, sink)
+    assert b"manifest.json" not in bytes(sink.data)
+
+
+async def test_slow_reader_gets_the_whole_image(in_store: Store) -> None:
+    whole = FailingSink(1 << 30)
+    await build(in_store, whole)
+    read_end, write_end = os.pipe()
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while data := os.read(read_end, 777):  # small reads: the writer waits on each
+            received.extend(data)
+
+    try:
+        with anyio.fail_after(STOP_BOUND):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, read_slowly)
+                try:
+                    await build(in_store, FdSink(write_end, "pipe"))
+                finally:
+                    os.close(write_end)
+    finally:
+        os.close(read_end)
+    assert bytes(received) == bytes(whole.data)
+    with tarfile.open(fileobj=io.BytesIO(received)) as image:
+        assert image.getnames()[-1] == "manifest.json"
+
+
+async def test_changed_error_is_raised_not_written(
+    in_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = in_store.root / in_store.layers[0][0] / "lib" / "libgreet.so.1"
+    original = HashPass.result
+
+    async def result_then_change(self: HashPass, index: int) -> layer.LayerHash:
+        hashed = await original(self, index)
+        os.utime(victim, ns=(0, 0))
+        return hashed
+
+    monkeypatch.setattr(HashPass, "result", result_then_change)
+    sink = FailingSink(1 << 30)
+    with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(ChangedError, flatten_subgroups=True):
+        await build(in_store, sink)
+    assert b"manifest.json" not in bytes(sink.data)
