@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="a live progress line on stderr: auto shows it when stderr is a terminal",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print each layer's timeline"
     )
     parser.add_argument(
@@ -159,6 +165,7 @@ async def run(
         customisation = await anyio.to_thread.run_sync(open_customisation, conf.customisation_layer)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
+            tg.start_soon(reporter.show_progress, opened if opened is not None else [])
             with open_output(output, opened) as sink:
                 await write_docker_archive(conf, base, customisation, sink, reporter, options)
             tg.cancel_scope.cancel()
@@ -195,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
-    reporter = Reporter(sys.stderr, quiet=args.quiet, verbose=args.verbose)
+    live = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    reporter = Reporter(sys.stderr, quiet=args.quiet, verbose=args.verbose, live=live)
     try:
         try:
             conf = load_conf(args.conf, args.repo_tag)

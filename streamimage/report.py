@@ -1,36 +1,91 @@
-"""What the user sees on stderr while an image is written: the reference's lines, a summary.
+"""What the user sees on stderr while an image is written: the reference's lines, a summary,
+and (on a terminal, or asked for) a live progress line.
 
 IO: writes to a text stream (stderr); never to stdout, which carries the image.
+Rule: the live display costs the pipeline nothing per chunk: a task of its own reads the
+sinks' byte counters REFRESH times a second; the pipeline doesn't know it is watched.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, Protocol, TextIO
+
+import anyio
+from tqdm import tqdm
 
 from streamimage.pipeline import Timeline
+
+REFRESH = 0.2  # seconds between two refreshes of the live display
+
+
+class Counted(Protocol):
+    written: int
 
 
 class Reporter:
     """One line per layer as the reference prints them, a summary at the end; ``quiet``
     keeps only errors, ``verbose`` adds each layer's hash and stream timeline."""
 
-    def __init__(self, stream: TextIO, *, quiet: bool = False, verbose: bool = False) -> None:
+    def __init__(
+        self, stream: TextIO, *, quiet: bool = False, verbose: bool = False, live: bool = False
+    ) -> None:
         self._stream = stream
         self._quiet = quiet
         self._verbose = verbose
+        self._live = live and not quiet
+        self._bar: tqdm[NoReturn] | None = None
+        self._current = ""  # the last line shown: which layer is being written
         self._start = time.monotonic()
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.clear()  # the line goes above the live display, which then redraws
+            self._stream.write(text + "\n")
+            self._bar.refresh()
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
 
     def line(self, text: str) -> None:
         if not self._quiet:
-            self._stream.write(text + "\n")
-            self._stream.flush()
+            self._current = text
+            self._write(text)
 
     def note(self, text: str) -> None:
         """A remark about the input that the user should see even when quiet."""
-        self._stream.write(f"streamimage: note: {text}\n")
-        self._stream.flush()
+        self._write(f"streamimage: note: {text}")
+
+    async def show_progress(self, sinks: Sequence[Counted]) -> None:
+        """The live display of bytes written to ``sinks``, rate and current step, until
+        cancelled; does nothing unless the display was asked for."""
+        if not self._live:
+            return
+        tqdm.monitor_interval = 0  # no monitor thread: this task refreshes
+        bar: tqdm[NoReturn] = tqdm(
+            file=self._stream,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            mininterval=0,
+            leave=False,
+            # a terminal of unknown size (0x0: `script`, a fresh pty) would hide the line
+            ncols=shutil.get_terminal_size().columns,
+            nrows=shutil.get_terminal_size().lines,
+            bar_format="{n_fmt}B written, {rate_fmt}, {elapsed} | {desc}",
+        )
+        self._bar = bar
+        try:
+            while True:
+                bar.n = sum(sink.written for sink in sinks)
+                bar.set_description_str(self._current[:60], refresh=False)
+                bar.refresh()
+                await anyio.sleep(REFRESH)
+        finally:
+            self._bar = None
+            bar.close()
 
     def timeline(self, labels: Sequence[str], timelines: Sequence[Timeline]) -> None:
         if not self._verbose:
