@@ -39,11 +39,6 @@ STOP_BOUND = 10.0  # seconds: only a hang takes this long (a prompt exit takes <
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the backend cli.main runs (the trio installed here is too old)
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Store:
     return make_store(tmp_path)
 
