@@ -1,4 +1,5 @@
-"""Reading a from_image archive: a docker-archive, plain or gzip-compressed.
+"""Reading a from_image archive: a docker-archive or an OCI image layout archive, plain
+or gzip-compressed (a Docker 25+ archive, which is both, is read as a docker-archive).
 
 IO: opens the archive with ``tarfile`` (reading archives is what tarfile is for).
 Rule: everything the image needs from the base is checked when it is opened, before a
@@ -8,6 +9,7 @@ diff_ids as layers; each failure is a BaseImageError naming the archive and the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from collections.abc import Iterator
@@ -15,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamimage.errors import BaseImageError
-from streamimage.imagejson import Digest
+from streamimage.imagejson import (
+    MEDIA_TYPE_LAYER,
+    MEDIA_TYPE_LAYER_GZIP,
+    Descriptor,
+    Digest,
+    layer_media_type,
+)
 from streamimage.tarheader import Member, encode_header
 
 READ_SIZE = 1024 * 1024  # bytes per read when copying a base layer
@@ -27,6 +35,7 @@ class BaseLayer:
 
     member: tarfile.TarInfo
     diff_id: Digest
+    blob: Descriptor | None = None  # media type, digest, size as stored, when the base says
 
     @property
     def name(self) -> str:
@@ -79,6 +88,25 @@ class BaseImage:
             except (OSError, EOFError, tarfile.TarError) as exc:
                 raise BaseImageError(f"{self.path}: cannot read layer {layer.name}: {exc}") from exc
 
+    def describe(self, layer: BaseLayer) -> Descriptor:
+        """The layer's descriptor as stored: the base's own, else found by reading the
+        layer (sha256, size, media type by its magic number) (blocking).
+
+        Raises:
+            BaseImageError: it can't be read.
+        """
+        if layer.blob is not None:
+            return layer.blob
+        digest = hashlib.sha256()
+        head = b""
+        size = 0
+        for data in self.chunks(layer):
+            if not head:
+                head = data[:8]
+            digest.update(data)
+            size += len(data)
+        return Descriptor(layer_media_type(head), Digest(digest.hexdigest()), size)
+
     def close(self) -> None:
         self.archive.close()
 
@@ -98,7 +126,103 @@ def _json_member(archive: tarfile.TarFile, path: str, name: str) -> Any:
         raise BaseImageError(f"{path}: {name} is not valid JSON: {exc}") from None
 
 
+def _member(archive: tarfile.TarFile, name: str) -> tarfile.TarInfo | None:
+    # OCI archives written by `tar -C dir .` name their members "./blobs/..."
+    for candidate in (name, f"./{name}"):
+        try:
+            return archive.getmember(candidate)
+        except KeyError:
+            continue
+    return None
+
+
+def _blob_name(path: str, descriptor: Any, what: str) -> tuple[str, Descriptor]:
+    if not isinstance(descriptor, dict):
+        raise BaseImageError(f"{path}: {what} is not an OCI descriptor")
+    try:
+        digest = Digest.parse(descriptor["digest"])
+        size = descriptor["size"]
+        media_type = descriptor.get("mediaType", "")
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise BaseImageError(f"{path}: {what} has no sha256 digest and size") from None
+    if not isinstance(size, int) or not isinstance(media_type, str):
+        raise BaseImageError(f"{path}: {what} has a malformed size or mediaType")
+    # a layout may hold Docker's media types; an OCI manifest must name the OCI ones
+    media_type = _DOCKER_LAYER_TYPES.get(media_type, media_type)
+    return f"blobs/{digest.algorithm}/{digest.hex}", Descriptor(media_type, digest, size)
+
+
+_DOCKER_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar": MEDIA_TYPE_LAYER,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": MEDIA_TYPE_LAYER_GZIP,
+}
+
+
+def _load_oci(archive: tarfile.TarFile, path: str) -> BaseImage:
+    """An OCI image layout archive: index.json -> its first manifest -> config, layers."""
+    index = _json_member(archive, path, "index.json")
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or not manifests:
+        raise BaseImageError(f"{path}: index.json lists no manifests")
+    manifest_name, _ = _blob_name(path, manifests[0], "index.json's first manifest")
+    manifest = _json_member(archive, path, _found_name(archive, manifest_name))
+    if not isinstance(manifest, dict) or "layers" not in manifest:
+        raise BaseImageError(
+            f"{path}: {manifest_name} is not an image manifest (an index of indexes?)"
+        )
+    config_name, _ = _blob_name(path, manifest.get("config"), f"{manifest_name}'s config")
+    image = _json_member(archive, path, _found_name(archive, config_name))
+    descriptors = manifest["layers"]
+    if not isinstance(descriptors, list):
+        raise BaseImageError(f"{path}: {manifest_name} has no layers list")
+    diff_ids, config = _diff_ids(image, path, config_name, len(descriptors), manifest_name)
+    layers = []
+    for number, (descriptor, diff_id) in enumerate(zip(descriptors, diff_ids, strict=True)):
+        name, blob = _blob_name(path, descriptor, f"{manifest_name}'s layer {number + 1}")
+        member = _member(archive, name)
+        if member is None:
+            raise BaseImageError(f"{path}: layer {name} is named in {manifest_name} but absent")
+        if member.size != blob.size:
+            raise BaseImageError(
+                f"{path}: layer {name}: size {blob.size} in {manifest_name} -> {member.size}"
+            )
+        layers.append(BaseLayer(member, _diff_id(path, diff_id), blob))
+    return BaseImage(path, archive, tuple(layers), config)
+
+
+def _found_name(archive: tarfile.TarFile, name: str) -> str:
+    member = _member(archive, name)
+    return name if member is None else member.name
+
+
+def _diff_id(path: str, diff_id: Any) -> Digest:
+    try:
+        return Digest.parse(diff_id)
+    except (ValueError, AttributeError):
+        raise BaseImageError(f"{path}: diff_id {diff_id!r} is not a sha256 digest") from None
+
+
+def _diff_ids(
+    image: Any, path: str, config_name: str, layer_count: int, listed_in: str
+) -> tuple[list[Any], dict[str, Any] | None]:
+    try:
+        diff_ids = image["rootfs"]["diff_ids"]
+        config = image.get("config")
+    except (KeyError, TypeError, AttributeError):
+        raise BaseImageError(f"{path}: {config_name} has no rootfs.diff_ids") from None
+    if not isinstance(diff_ids, list) or len(diff_ids) != layer_count:
+        count = len(diff_ids) if isinstance(diff_ids, list) else "no"
+        raise BaseImageError(
+            f"{path}: {listed_in} lists {layer_count} layers but {config_name} has {count} diff_ids"
+        )
+    if config is not None and not isinstance(config, dict):
+        raise BaseImageError(f"{path}: {config_name} has a config that is not an object")
+    return diff_ids, config
+
+
 def _load(archive: tarfile.TarFile, path: str) -> BaseImage:
+    if _member(archive, "manifest.json") is None and _member(archive, "index.json") is not None:
+        return _load_oci(archive, path)
     manifest = _json_member(archive, path, "manifest.json")
     if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
         raise BaseImageError(f"{path}: manifest.json is not a list of image entries")
@@ -107,17 +231,7 @@ def _load(archive: tarfile.TarFile, path: str) -> BaseImage:
     if not isinstance(config_name, str) or not isinstance(layer_names, list):
         raise BaseImageError(f"{path}: manifest.json lacks Config or Layers")
     image = _json_member(archive, path, config_name)
-    try:
-        diff_ids = image["rootfs"]["diff_ids"]
-        config = image.get("config")
-    except (KeyError, TypeError, AttributeError):
-        raise BaseImageError(f"{path}: {config_name} has no rootfs.diff_ids") from None
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(layer_names):
-        count = len(diff_ids) if isinstance(diff_ids, list) else "no"
-        raise BaseImageError(
-            f"{path}: manifest.json lists {len(layer_names)} layers but {config_name} "
-            f"has {count} diff_ids"
-        )
+    diff_ids, config = _diff_ids(image, path, config_name, len(layer_names), "manifest.json")
     layers = []
     for name, diff_id in zip(layer_names, diff_ids, strict=True):
         try:
@@ -126,13 +240,7 @@ def _load(archive: tarfile.TarFile, path: str) -> BaseImage:
             raise BaseImageError(
                 f"{path}: layer {name} is named in manifest.json but absent"
             ) from None
-        try:
-            digest = Digest.parse(diff_id)
-        except (ValueError, AttributeError):
-            raise BaseImageError(f"{path}: diff_id {diff_id!r} is not a sha256 digest") from None
-        layers.append(BaseLayer(member, digest))
-    if config is not None and not isinstance(config, dict):
-        raise BaseImageError(f"{path}: {config_name} has a config that is not an object")
+        layers.append(BaseLayer(member, _diff_id(path, diff_id)))
     return BaseImage(path, archive, tuple(layers), config)
 
 

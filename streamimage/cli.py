@@ -27,9 +27,19 @@ from streamimage.baseimage import open_base_image
 from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
+from streamimage.oci import write_oci_archive, write_oci_dir
 from streamimage.pipeline import FdSink, cpu_workers
 from streamimage.report import Reporter
-from streamimage.spec import Conf, Options, parse_conf
+from streamimage.spec import (
+    FORMAT_DOCKER,
+    FORMAT_OCI,
+    FORMAT_OCI_DIR,
+    FORMATS,
+    Conf,
+    Options,
+    parse_compression,
+    parse_conf,
+)
 
 STDOUT = 1
 
@@ -53,7 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo_tag", "-t", "--repo-tag", help="override the conf's repo_tag (name:tag)"
     )
     parser.add_argument(
-        "-o", "--output", metavar="FILE", help="write the image to FILE instead of stdout"
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the image to FILE instead of stdout (the directory, for oci-dir)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=FORMAT_DOCKER,
+        help="docker: the reference's docker-archive (default); oci: one tar that is an OCI "
+        "image layout and a docker-archive, as Docker 25+ saves; oci-dir: an OCI image "
+        "layout directory (needs -o DIR)",
+    )
+    parser.add_argument(
+        "--compress",
+        default="none",
+        metavar="none|gzip[:LEVEL]",
+        help="store the layers built here gzip-compressed, deterministically (LEVEL 0-3, "
+        "ISA-L's levels, default 1); base layers are copied as they are (default: none)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument(
@@ -166,8 +194,13 @@ async def run(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
             tg.start_soon(reporter.show_progress, opened if opened is not None else [])
-            with open_output(output, opened) as sink:
-                await write_docker_archive(conf, base, customisation, sink, reporter, options)
+            if options.format == FORMAT_OCI_DIR:
+                assert output is not None  # main checks
+                await write_oci_dir(conf, base, customisation, output, reporter, options)
+            else:
+                write = write_oci_archive if options.format == FORMAT_OCI else write_docker_archive
+                with open_output(output, opened) as sink:
+                    await write(conf, base, customisation, sink, reporter, options)
             tg.cancel_scope.cancel()
     finally:
         if base is not None:
@@ -207,13 +240,20 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
     try:
         try:
             conf = load_conf(args.conf, args.repo_tag)
+            if args.format == FORMAT_OCI_DIR and args.output is None:
+                raise UsageError("--format oci-dir writes a directory: name it with -o DIR")
             if args.output is None and os.isatty(STDOUT):
                 raise UsageError(
                     "refusing to write an image to a terminal: redirect stdout or use -o FILE"
                 )
             if args.jobs < 1:
                 raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
-            options = Options(hash_workers=args.jobs, hash_in_processes=args.hash_in == "process")
+            options = Options(
+                hash_workers=args.jobs,
+                hash_in_processes=args.hash_in == "process",
+                format=args.format,
+                compression=parse_compression(args.compress),
+            )
             anyio.run(run, conf, args.output, reporter, options, opened)
         except BaseExceptionGroup as group:
             raise _leaf(group) from None

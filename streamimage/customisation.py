@@ -60,10 +60,18 @@ class Customisation:
         """
         digest = hashlib.sha256()
         read_span(self.span, digest.update, checkpoint)
-        if digest.hexdigest() != self.diff_id.hex:
+        self.check(Digest(digest.hexdigest()))
+
+    def check(self, found: Digest) -> None:
+        """Hold the sha256 ``found`` of layer.tar (by verify or a hash pass) to the checksum.
+
+        Raises:
+            CustomisationError: they differ.
+        """
+        if found != self.diff_id:
             raise CustomisationError(
                 f"{self.checksum_path}: checksum {self.diff_id.hex} does not match "
-                f"{self.span.path}, whose sha256 is {digest.hexdigest()}"
+                f"{self.span.path}, whose sha256 is {found.hex}"
             )
 
 

@@ -1,6 +1,6 @@
 """The docker-archive writer: the reference's image, member for member.
 
-ASYNC; frames layers with tarwriter and pipeline.
+ASYNC; the layer sequence comes from assemble.write_layers, framed by tarwriter.
 Rule: members in the reference's order (base layers, store layers, customisation layer,
 config, manifest.json last); manifest.json is written only once every layer is proved,
 so an archive cut short by any failure is never a loadable image.
@@ -8,21 +8,51 @@ so an archive cut short by any failure is never a loadable image.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 
-import anyio
-import anyio.to_thread
-from anyio.from_thread import check_cancelled
-
+from streamimage.assemble import BASE, CUSTOMISATION, PlannedLayer, write_layers
 from streamimage.baseimage import BaseImage
 from streamimage.customisation import Customisation
-from streamimage.imagejson import Digest, LayerRecord, docker_manifest, image_config, merge_env
-from streamimage.layer import layer_chunks
-from streamimage.pipeline import HashPass, Sink, Timeline
+from streamimage.imagejson import Digest, docker_manifest, image_config, merge_env
+from streamimage.layer import Chunk
+from streamimage.pipeline import Sink
 from streamimage.report import Reporter
 from streamimage.spec import Conf, Options
-from streamimage.tarheader import HeaderEncoder
 from streamimage.tarwriter import TarWriter
+
+
+class DockerLayers:
+    """Layers as the reference names them: ``<diff_id>/layer.tar`` (``layer.tar.gz`` when
+    compressed: clients accept gzip members, FORMATS.md); base layers keep their names and
+    headers; the uncompressed customisation layer keeps layer.tar's owner and mode."""
+
+    def __init__(self, tar: TarWriter, customisation: Customisation, mtime: int) -> None:
+        self._tar = tar
+        self._customisation = customisation
+        self._mtime = mtime
+
+    def existing(self, layer: PlannedLayer) -> str | None:
+        return None  # the reference writes a repeated layer again
+
+    async def add_layer(self, layer: PlannedLayer, chunks: Iterator[Chunk]) -> str:
+        tar = self._tar
+        if layer.kind == BASE:
+            assert layer.base_layer is not None
+            name = layer.base_layer.name
+            header = layer.base_layer.header()
+        elif layer.compression.enabled:
+            name = f"{layer.diff_id.hex}/layer.tar.gz"
+            header = tar.header(name, layer.blob_size)
+        elif layer.kind == CUSTOMISATION:
+            name = f"{layer.diff_id.hex}/layer.tar"
+            header = self._customisation.header(name, self._mtime)
+        else:
+            name = f"{layer.diff_id.hex}/layer.tar"
+            header = tar.header(name, layer.size)
+        await tar.add_stream(
+            header, layer.blob_size, chunks, name, layer.compression, content_size=layer.size
+        )
+        return name
 
 
 async def write_docker_archive(
@@ -39,66 +69,24 @@ async def write_docker_archive(
         StreamImageError: any failure; the archive is then left without manifest.json.
     """
     tar = TarWriter(sink, conf.mtime)
-    encoder = HeaderEncoder(
-        uid=conf.uid, gid=conf.gid, uname=conf.uname, gname=conf.gname, mtime=conf.mtime
+    layers = DockerLayers(tar, customisation, conf.mtime)
+    written = await write_layers(
+        conf, base, customisation, reporter, options, layers, describe_base=False
     )
-    timelines = [Timeline() for _ in conf.store_layers]
-    records: list[LayerRecord] = []
-    custom_verified = anyio.Event()
+    records = written.records
 
-    async def verify_customisation() -> None:
-        await anyio.to_thread.run_sync(customisation.verify, check_cancelled)
-        custom_verified.set()
-
-    async with anyio.create_task_group() as tg:
-        hashes = HashPass(
-            conf.store_layers,
-            encoder,
-            options.hash_workers,
-            timelines,
-            processes=options.hash_in_processes,
-        )
-        hashes.start(tg)
-        tg.start_soon(verify_customisation)
-
-        if base is None:
-            reporter.line("No 'fromImage' provided")
-        else:
-            for number, layer in enumerate(base.layers, start=1):
-                await tar.add_stream(layer.header(), layer.size, base.chunks(layer), layer.name)
-                reporter.line(f"Adding base layer {number} from {layer.name}")
-                records.append(LayerRecord(layer.diff_id, layer.name, [layer.name]))
-
-        for index, paths in enumerate(conf.store_layers):
-            reporter.line(f"Creating layer {len(records) + 1} from paths: {list(paths)!r}")
-            result = await hashes.result(index)
-            name = f"{result.diff_id.hex}/layer.tar"
-            timelines[index].stream_start = time.monotonic()
-            chunks = layer_chunks(paths, encoder, result.witness.check)
-            await tar.add_stream(tar.header(name, result.size), result.size, chunks, name)
-            result.witness.check_complete(name)
-            timelines[index].stream_end = time.monotonic()
-            records.append(LayerRecord(result.diff_id, name, paths))
-
-        reporter.line(f"Creating layer {len(records) + 1} with customisation...")
-        await custom_verified.wait()
-        name = f"{customisation.diff_id.hex}/layer.tar"
-        span = customisation.span
-        await tar.add_stream(customisation.header(name, conf.mtime), span.size, iter([span]), name)
-        records.append(LayerRecord(customisation.diff_id, name, [customisation.directory]))
-
-        reporter.line("Adding manifests...")
-        config = merge_env(base.config, conf.config) if base is not None else conf.config
-        config_json = image_config(
-            created=conf.created, architecture=conf.architecture, config=config, layers=records
-        )
-        config_name = f"{Digest.of(config_json).hex}.json"
-        await tar.add_bytes(config_name, config_json)
-        await tar.add_bytes(
-            "manifest.json",
-            docker_manifest(config_name, conf.repo_tag, [r.member for r in records]),
-        )
-        await tar.close()
+    reporter.line("Adding manifests...")
+    config = merge_env(base.config, conf.config) if base is not None else conf.config
+    config_json = image_config(
+        created=conf.created, architecture=conf.architecture, config=config, layers=records
+    )
+    config_name = f"{Digest.of(config_json).hex}.json"
+    await tar.add_bytes(config_name, config_json)
+    await tar.add_bytes(
+        "manifest.json",
+        docker_manifest(config_name, conf.repo_tag, [r.member for r in records]),
+    )
+    await tar.close()
     reporter.line("Done.")
-    reporter.timeline([f"layer {i + 1}" for i in range(len(timelines))], timelines)
+    reporter.timeline([f"layer {i + 1}" for i in range(len(written.timelines))], written.timelines)
     reporter.summary(len(records), sink.written)

@@ -51,6 +51,7 @@ class LayerRecord:
     diff_id: Digest  # sha256 of the uncompressed layer tar
     member: str  # its name inside the archive
     comment_paths: Sequence[str]  # what the history comment lists
+    blob: Descriptor | None = None  # the layer as stored (OCI manifests need it)
 
 
 def merge_env(base_config: dict[str, Any] | None, config: dict[str, Any] | None) -> Any:
@@ -99,3 +100,89 @@ def docker_manifest(config_member: str, repo_tag: str, layer_members: Sequence[s
     """``manifest.json`` of a docker-archive."""
     manifest = [{"Config": config_member, "RepoTags": [repo_tag], "Layers": list(layer_members)}]
     return json.dumps(manifest, indent=4).encode("utf-8")
+
+
+# OCI image-spec media types (media-types.md); Docker 25+'s `docker save` uses the same.
+MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_TYPE_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_TYPE_LAYER_GZIP = MEDIA_TYPE_LAYER + "+gzip"
+MEDIA_TYPE_LAYER_ZSTD = MEDIA_TYPE_LAYER + "+zstd"
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"  # the tag (image-layout.md)
+ANNOTATION_IMAGE_NAME = "io.containerd.image.name"  # the full name:tag (containerd, docker)
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'  # the oci-layout file (image-layout.md)
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """An OCI content descriptor: what a blob is, its digest and its size in bytes."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.annotations:
+            document["annotations"] = dict(self.annotations)
+        return document
+
+    @classmethod
+    def of(cls, media_type: str, data: bytes) -> Descriptor:
+        return cls(media_type, Digest.of(data), len(data))
+
+
+def _compact(document: Any) -> bytes:
+    # Go's json.Marshal layout, which docker, containerd and skopeo write for these
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def oci_manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
+    """An OCI image manifest (manifest.md)."""
+    return _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "config": config.to_json(),
+            "layers": [layer.to_json() for layer in layers],
+        }
+    )
+
+
+def image_ref_annotations(repo_tag: str) -> tuple[tuple[str, str], ...]:
+    """The annotations Docker 25+ puts on index.json's manifest descriptor: the tag alone
+    (the part after the last ``:`` that follows the last ``/``; ``latest`` if none) and the
+    full name."""
+    name, colon, tag = repo_tag.rpartition(":")
+    if not colon or "/" in tag or not name:
+        tag = "latest"
+        full = f"{repo_tag}:latest"
+    else:
+        full = repo_tag
+    return ((ANNOTATION_IMAGE_NAME, full), (ANNOTATION_REF_NAME, tag))
+
+
+def oci_index(manifests: Sequence[Descriptor]) -> bytes:
+    """``index.json`` of an OCI image layout: an image index (image-index.md)."""
+    return _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_INDEX,
+            "manifests": [manifest.to_json() for manifest in manifests],
+        }
+    )
+
+
+def layer_media_type(head: bytes) -> str:
+    """The OCI media type of a stored layer from its first bytes (its magic number)."""
+    if head.startswith(b"\x1f\x8b"):
+        return MEDIA_TYPE_LAYER_GZIP
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return MEDIA_TYPE_LAYER_ZSTD
+    return MEDIA_TYPE_LAYER

@@ -209,5 +209,7 @@ class LayerHash:
     """What the outer archive needs to know of a layer before streaming it."""
 
     diff_id: Digest
-    size: int
+    size: int  # of the uncompressed layer tar
     witness: Witness
+    blob_digest: Digest  # of the layer as stored: the diff_id unless compressed
+    blob_size: int

@@ -27,6 +27,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.from_thread import check_cancelled
 
+from streamimage.compress import CompressingSink
 from streamimage.errors import ChangedError, OutputError
 from streamimage.imagejson import Digest
 from streamimage.layer import (
@@ -39,6 +40,7 @@ from streamimage.layer import (
     open_checked,
     read_span,
 )
+from streamimage.spec import UNCOMPRESSED, Compression
 from streamimage.tarheader import HeaderEncoder
 
 STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
@@ -161,6 +163,10 @@ class HashSink:
         self._digest = hashlib.sha256()
 
     async def write(self, data: bytes) -> None:
+        self.update(data)
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Hash ``data`` now, in the calling thread (a CompressingSink's observer)."""
         self._digest.update(data)
         self.written += len(data)
 
@@ -184,22 +190,56 @@ class HashSink:
         return Digest(self._digest.hexdigest())
 
 
-async def hash_layer(store_paths: Sequence[str], encoder: HeaderEncoder) -> LayerHash:
+@dataclass(frozen=True, slots=True)
+class ContentHash:
+    """The uncompressed and the stored (maybe compressed) digest and size of a content."""
+
+    diff_id: Digest
+    size: int
+    blob_digest: Digest
+    blob_size: int
+
+
+async def hash_chunks(
+    chunks: Iterator[Chunk], compression: Compression = UNCOMPRESSED
+) -> ContentHash:
+    """Hash what ``chunks`` frame through the stream pass's pipeline; with compression,
+    also compress it exactly as the stream pass will, hashing the compressed bytes.
+
+    Raises:
+        StoreError, ChangedError: as the chunks' source.
+    """
+    plain = HashSink()
+    if not compression.enabled:
+        await stream_chunks(chunks, plain)
+        return ContentHash(plain.diff_id, plain.written, plain.diff_id, plain.written)
+    blob = HashSink()
+    sink = CompressingSink(blob, compression, observe=plain.update)
+    await stream_chunks(chunks, sink)
+    await sink.close()
+    return ContentHash(plain.diff_id, plain.written, blob.diff_id, blob.written)
+
+
+async def hash_layer(
+    store_paths: Sequence[str], encoder: HeaderEncoder, compression: Compression = UNCOMPRESSED
+) -> LayerHash:
     """The hash pass of one layer: the same framing and pipeline as the stream pass, into
-    a HashSink; returns its diff_id and size and what it saw of every entry.
+    a HashSink; returns its diff_id and size (and its compressed digest and size) and what
+    it saw of every entry.
 
     Raises:
         StoreError, ChangedError: as layer_chunks.
     """
     witness = Witness()
-    sink = HashSink()
-    await stream_chunks(layer_chunks(store_paths, encoder, witness.record), sink)
-    return LayerHash(sink.diff_id, sink.written, witness)
+    found = await hash_chunks(layer_chunks(store_paths, encoder, witness.record), compression)
+    return LayerHash(found.diff_id, found.size, witness, found.blob_digest, found.blob_size)
 
 
-def hash_layer_blocking(store_paths: Sequence[str], encoder: HeaderEncoder) -> LayerHash:
+def hash_layer_blocking(
+    store_paths: Sequence[str], encoder: HeaderEncoder, compression: Compression = UNCOMPRESSED
+) -> LayerHash:
     """hash_layer in an event loop of its own: what a worker process runs."""
-    return anyio.run(hash_layer, store_paths, encoder)
+    return anyio.run(hash_layer, store_paths, encoder, compression)
 
 
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:
@@ -273,6 +313,7 @@ class HashPass:
         workers: int,
         timelines: Sequence[Timeline],
         processes: bool = True,
+        compression: Compression = UNCOMPRESSED,
     ) -> None:
         self._layers = layers
         self._encoder = encoder
@@ -280,6 +321,7 @@ class HashPass:
         self._slots = [_Slot() for _ in layers]
         self._timelines = timelines
         self._processes = processes
+        self._compression = compression
 
     def start(self, tg: TaskGroup) -> None:
         for index in range(len(self._layers)):
@@ -294,10 +336,10 @@ class HashPass:
                 # A process of its own: the hash pass's Python work doesn't contend for
                 # the GIL with the stream pass; cancelling kills the worker.
                 slot.result = await anyio.to_process.run_sync(
-                    hash_layer_blocking, paths, self._encoder, cancellable=True
+                    hash_layer_blocking, paths, self._encoder, self._compression, cancellable=True
                 )
             else:
-                slot.result = await hash_layer(paths, self._encoder)
+                slot.result = await hash_layer(paths, self._encoder, self._compression)
             self._timelines[index].hash_end = time.monotonic()
         slot.done.set()
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from streamimage.compress import CompressingSink
 from streamimage.errors import ChangedError
 from streamimage.layer import Chunk
 from streamimage.pipeline import Sink, stream_chunks
-from streamimage.tarheader import REGTYPE, HeaderEncoder, end_of_archive, padding
+from streamimage.spec import UNCOMPRESSED, Compression
+from streamimage.tarheader import DIRTYPE, REGTYPE, HeaderEncoder, end_of_archive, padding
 
 GENERATED_MODE = 0o644  # tarfile.TarInfo's default mode, which the reference's members keep
+DIRECTORY_MODE = 0o755  # of generated directories (blobs/, blobs/sha256/)
 
 
 class TarWriter:
@@ -31,16 +34,36 @@ class TarWriter:
     async def add_bytes(self, name: str, data: bytes) -> None:
         await self.sink.write(self.header(name, len(data)) + data + padding(len(data)))
 
+    async def add_directory(self, name: str) -> None:
+        await self.sink.write(self.encoder.encode(name, DIRTYPE, DIRECTORY_MODE))
+
     async def add_stream(
-        self, header: bytes, size: int, chunks: Iterator[Chunk], what: str
+        self,
+        header: bytes,
+        size: int,
+        chunks: Iterator[Chunk],
+        what: str,
+        compression: Compression = UNCOMPRESSED,
+        content_size: int | None = None,
     ) -> None:
-        """A member whose ``size`` bytes of content ``chunks`` yields (``what`` names it).
+        """A member whose ``size`` bytes of content ``chunks`` yields (``what`` names it);
+        with ``compression``, ``chunks`` yield ``content_size`` bytes that compress to
+        ``size``.
 
         Raises:
-            ChangedError: the content was not ``size`` bytes long.
+            ChangedError: the content was not the size the hash pass found.
         """
         await self.sink.write(header)
-        written = await stream_chunks(chunks, self.sink)
+        if not compression.enabled:
+            written = await stream_chunks(chunks, self.sink)
+        else:
+            start = self.sink.written
+            encoder = CompressingSink(self.sink, compression)
+            content = await stream_chunks(chunks, encoder)
+            await encoder.close()
+            if content_size is not None and content != content_size:
+                raise ChangedError(f"{what}: {content_size} bytes hashed but {content} streamed")
+            written = self.sink.written - start
         if written != size:
             raise ChangedError(f"{what}: {size} bytes hashed but {written} streamed")
         await self.sink.write(padding(size))
