@@ -138,6 +138,7 @@ class CompressingSink:
     def _compress_batch(self, batch: list[Chunk]) -> tuple[int, bytes]:
         written = 0
         for chunk in batch:
+            check_cancelled()
             if isinstance(chunk, bytes):
                 self._feed(chunk)
                 written += len(chunk)

@@ -16,13 +16,17 @@ import os
 import tarfile
 from pathlib import Path
 
+import anyio
 import pytest
 
 from streamimage.compress import GZIP_HEADER, GzipEncoder, gzip_bytes
-from streamimage.errors import UsageError
+from streamimage.customisation import open_customisation
+from streamimage.errors import OutputError, UsageError
 from streamimage.layer import Chunk, FileSpan
+from streamimage.oci import write_oci_archive
 from streamimage.pipeline import hash_chunks
-from streamimage.spec import UNCOMPRESSED, Compression, parse_compression
+from streamimage.report import Reporter
+from streamimage.spec import UNCOMPRESSED, Compression, Options, parse_compression, parse_conf
 from tests import storegen
 from tests.conftest import FixtureStore
 from tests.images import (
@@ -38,15 +42,11 @@ from tests.images import (
     tar_names,
     uncompressed,
 )
+from tests.test_faults import FailingSink
 
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = LAYER + "+gzip"
 OCI_ORDER_TAIL = ["index.json", "oci-layout", "manifest.json"]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def _check_oci_image(image: OciImage, compressed: bool) -> None:
@@ -310,3 +310,18 @@ def test_gzip_bytes_do_not_depend_on_how_the_input_is_split(piece: int) -> None:
     view = memoryview(data)
     pieces = [encoder.compress(view[i : i + piece]) for i in range(0, len(data), piece)]
     assert b"".join(pieces) + encoder.finish() == gzip_bytes(data, 1)
+
+
+@pytest.mark.parametrize("limit", [0, 5000, 200_000])
+async def test_gzip_stream_into_a_failing_sink_raises_output_error(
+    fixture_store: FixtureStore, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    built = fixture_store.get("sizes")  # large files: spans read through the compressor
+    monkeypatch.chdir(built.root)
+    conf = parse_conf(json.loads(built.conf.read_text()), "conf")
+    customisation = open_customisation(conf.customisation_layer)
+    options = Options(hash_in_processes=False, format="oci", compression=Compression("gzip", 1))
+    sink = FailingSink(limit)
+    failed = pytest.RaisesGroup(OutputError, allow_unwrapped=True, flatten_subgroups=True)
+    with anyio.fail_after(30), failed:
+        await write_oci_archive(conf, None, customisation, sink, Reporter(io.StringIO()), options)
