@@ -13,7 +13,7 @@ digests describe exactly the bytes written.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +35,7 @@ from streamimage.pipeline import ContentHash, HashPass, Timeline, hash_chunks
 from streamimage.report import Reporter
 from streamimage.spec import UNCOMPRESSED, Compression, Conf, Options
 from streamimage.tarheader import HeaderEncoder
+from streamimage.walk import Entry
 
 BASE = "base"
 STORE = "store"
@@ -75,6 +76,16 @@ class LayerWriter(Protocol):
             OutputError: writing failed.
         """
         ...
+
+
+def _counting(check: Callable[[Entry], None], reporter: Reporter) -> Callable[[Entry], None]:
+    """The stream pass's per-entry check, counting entries for the progress display."""
+
+    def on_entry(entry: Entry) -> None:
+        check(entry)
+        reporter.files += 1
+
+    return on_entry
 
 
 def layer_media_type(compression: Compression) -> str:
@@ -169,7 +180,7 @@ async def write_layers(
             timelines[index].stream_start = time.monotonic()
             found_name = writer.existing(planned)
             if found_name is None:
-                chunks = layer_chunks(paths, encoder, result.witness.check)
+                chunks = layer_chunks(paths, encoder, _counting(result.witness.check, reporter))
                 name = await writer.add_layer(planned, chunks)
                 result.witness.check_complete(name)
             else:

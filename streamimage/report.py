@@ -38,6 +38,7 @@ class Reporter:
         self._live = live and not quiet
         self._bar: tqdm[NoReturn] | None = None
         self._current = ""  # the last line shown: which layer is being written
+        self.files = 0  # store entries streamed so far (the stream pass counts them)
         self._start = time.monotonic()
 
     def _write(self, text: str) -> None:
@@ -74,12 +75,14 @@ class Reporter:
             # a terminal of unknown size (0x0: `script`, a fresh pty) would hide the line
             ncols=shutil.get_terminal_size().columns,
             nrows=shutil.get_terminal_size().lines,
-            bar_format="{n_fmt}B written, {rate_fmt}, {elapsed} | {desc}",
+            postfix="0",  # tqdm puts ", " before it
+            bar_format="{n_fmt}B written{postfix} files, {rate_fmt}, {elapsed} | {desc}",
         )
         self._bar = bar
         try:
             while True:
                 bar.n = sum(sink.written for sink in sinks)
+                bar.set_postfix_str(str(self.files), refresh=False)
                 bar.set_description_str(self._current[:60], refresh=False)
                 bar.refresh()
                 await anyio.sleep(REFRESH)

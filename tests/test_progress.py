@@ -66,7 +66,7 @@ def test_progress_always_leaves_the_image_unchanged(store: Store, tmp_path: Path
         )
     assert always.stdout == never.stdout
     shown = errors.read_text()
-    assert "B written" in shown
+    assert re.search(r"B written, \d+ files, ", shown)
     assert "Done." in shown
     assert any(SUMMARY.match(part) for part in re.split(r"[\r\n]", shown))
 
