@@ -17,7 +17,7 @@ import errno
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -170,7 +170,8 @@ class HashSink:
         self._digest.update(data)
         self.written += len(data)
 
-    def _hash_batch(self, batch: Batch) -> int:
+    def hash_batch(self, batch: Iterable[Chunk], checkpoint: Callable[[], None]) -> None:
+        """Hash the chunks now, in the calling thread; ``checkpoint`` between large reads."""
         update = self._digest.update
         written = 0
         for chunk in batch:
@@ -178,12 +179,12 @@ class HashSink:
                 update(chunk)
                 written += len(chunk)
             else:
-                read_span(chunk, update, check_cancelled)
+                read_span(chunk, update, checkpoint)
                 written += chunk.size
-        return written
+        self.written += written
 
     async def write_batch(self, batch: Batch) -> None:
-        self.written += await anyio.to_thread.run_sync(self._hash_batch, batch)
+        await anyio.to_thread.run_sync(self.hash_batch, batch, check_cancelled)
 
     @property
     def diff_id(self) -> Digest:
@@ -235,11 +236,23 @@ async def hash_layer(
     return LayerHash(found.diff_id, found.size, witness, found.blob_digest, found.blob_size)
 
 
+def _no_checkpoint() -> None:
+    pass  # a worker process is cancelled by killing it
+
+
 def hash_layer_blocking(
     store_paths: Sequence[str], encoder: HeaderEncoder, compression: Compression = UNCOMPRESSED
 ) -> LayerHash:
-    """hash_layer in an event loop of its own: what a worker process runs."""
-    return anyio.run(hash_layer, store_paths, encoder, compression)
+    """The hash pass as a worker process runs it. Uncompressed, the chunks are hashed as
+    they come, in one thread: framing and hashing in two threads of one process fight for
+    the GIL (on the benchmark corpus's python layer: 1.5 s wall and 1.85 s CPU, against
+    1.37 s and 1.37 s in one). Compressed, hash_layer's pipeline overlaps the deflate."""
+    if compression.enabled:
+        return anyio.run(hash_layer, store_paths, encoder, compression)
+    witness = Witness()
+    sink = HashSink()
+    sink.hash_batch(layer_chunks(store_paths, encoder, witness.record), _no_checkpoint)
+    return LayerHash(sink.diff_id, sink.written, witness, sink.diff_id, sink.written)
 
 
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:
@@ -303,8 +316,11 @@ class _Slot:
 
 
 class HashPass:
-    """The hash pass of every store layer, run ahead of streaming, ``workers`` at a time,
-    in layer order so that the first layer's hash is ready first."""
+    """The hash pass of every store layer, run ahead of streaming, ``workers`` at a time:
+    the first layer first, so that streaming starts as soon as can be, then the layers
+    with the most store paths, likely the largest (streamLayeredImage puts all that
+    doesn't get a layer of its own into the last one), so that the longest pass doesn't
+    start last and keep the stream waiting."""
 
     def __init__(
         self,
@@ -323,8 +339,13 @@ class HashPass:
         self._processes = processes
         self._compression = compression
 
+    def order(self) -> list[int]:
+        """The layers' indices in the order their passes start."""
+        rest = sorted(range(1, len(self._layers)), key=lambda i: -len(self._layers[i]))
+        return [0, *rest] if self._layers else []
+
     def start(self, tg: TaskGroup) -> None:
-        for index in range(len(self._layers)):
+        for index in self.order():  # the limiter lets tasks in as they queued
             tg.start_soon(self._hash, index)
 
     async def _hash(self, index: int) -> None:
