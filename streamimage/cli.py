@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -222,23 +221,9 @@ def _contains_ours(error: BaseException) -> bool:
     return isinstance(error, StreamImageError)
 
 
-class _ReapedWorkerFilter(logging.Filter):
-    """Drops asyncio's warning about a child already reaped. When anyio shuts its worker
-    process pool down it kills each worker, and closing the process's transport polls
-    (reaps) it while asyncio's child watcher thread waits for it too; whichever loses logs
-    "Unknown child process pid N, will report returncode 255". Nothing is wrong: the
-    worker was ours and killed on purpose, but the line would reach the user's stderr."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(
-            ("Unknown child process pid", "child process pid %d exit status already read")
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``streamimage`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.getLogger("asyncio").addFilter(_ReapedWorkerFilter())
     opened: list[FdSink] = []
     status = _build(args, opened)
     if any(sink.busy for sink in opened):

@@ -42,3 +42,7 @@ class ChangedError(StreamImageError, RuntimeError):
 
 class OutputError(StreamImageError, OSError):
     """Writing the image failed: the reader went away, the disk is full, ..."""
+
+
+class ChildError(StreamImageError, RuntimeError):
+    """A worker process died without an answer."""
