@@ -6,9 +6,11 @@ Rule 1: structured concurrency only: every task lives in a task group, every thr
 anywhere stops everything and surfaces once.  The one exception: a write to the output,
 which a reader that stops reading blocks for ever, is abandoned on cancellation
 (``FdSink.busy`` then tells the caller not to close the fd, and to exit without joining).
-Rule 2: memory is bounded: chunks are at most CHUNK_TARGET (+ one small file) bytes, at
-most STREAM_BUFFER of them wait between producer and consumer; large files are never in
-memory (the sink sends them with sendfile).
+Hash passes run in forked children, each owned by the task that forked it: killed when it
+is cancelled, always reaped.
+Rule 2: memory is bounded: a batch carries at most BATCH_BYTES (+ one chunk) of headers
+and small files, at most STREAM_BUFFER batches wait between producer and consumer; large
+files are never in memory (the sink sends them with sendfile).
 """
 
 from __future__ import annotations
