@@ -30,10 +30,11 @@ from streamimage.imagejson import (
     Digest,
     LayerRecord,
 )
-from streamimage.layer import Chunk, layer_chunks
+from streamimage.layer import Chunk
 from streamimage.pipeline import ContentHash, HashPass, Timeline, hash_chunks
 from streamimage.report import Reporter
 from streamimage.spec import UNCOMPRESSED, Compression, Conf, Options
+from streamimage.spool import spool_budget
 from streamimage.tarheader import HeaderEncoder
 from streamimage.walk import Entry
 
@@ -145,61 +146,66 @@ async def write_layers(
             close()
         return name
 
-    async with anyio.create_task_group() as tg:
-        hashes = HashPass(
-            conf.store_layers,
-            encoder,
-            options.hash_workers,
-            timelines,
-            processes=options.hash_in_processes,
-            compression=compression,
-        )
-        hashes.start(tg)
-        tg.start_soon(verify_customisation)
+    hashes = HashPass(
+        conf.store_layers,
+        encoder,
+        options.hash_workers,
+        timelines,
+        processes=options.hash_in_processes,
+        compression=compression,
+        spool=spool_budget(options.spool_dir, options.spool_max, options.hash_workers),
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            hashes.start(tg)
+            tg.start_soon(verify_customisation)
 
-        if base is None:
-            reporter.line("No 'fromImage' provided")
-        else:
-            for number, layer in enumerate(base.layers, start=1):
-                blob = None
-                if describe_base:
-                    blob = await anyio.to_thread.run_sync(base.describe, layer)
-                planned = PlannedLayer(
-                    BASE, layer.diff_id, layer.size, blob, UNCOMPRESSED, (layer.name,), layer
-                )
-                name = await put(planned, base.chunks(layer))
-                reporter.line(f"Adding base layer {number} from {layer.name}")
-                records.append(LayerRecord(layer.diff_id, name, [layer.name], blob))
-
-        media_type = layer_media_type(compression)
-        for index, paths in enumerate(conf.store_layers):
-            reporter.line(f"Creating layer {len(records) + 1} from paths: {list(paths)!r}")
-            result = await hashes.result(index)
-            blob = Descriptor(media_type, result.blob_digest, result.blob_size)
-            planned = PlannedLayer(STORE, result.diff_id, result.size, blob, compression, paths)
-            timelines[index].stream_start = time.monotonic()
-            found_name = writer.existing(planned)
-            if found_name is None:
-                chunks = layer_chunks(paths, encoder, _counting(result.witness.check, reporter))
-                name = await writer.add_layer(planned, chunks)
-                result.witness.check_complete(name)
+            if base is None:
+                reporter.line("No 'fromImage' provided")
             else:
-                name = found_name
-            timelines[index].stream_end = time.monotonic()
-            records.append(LayerRecord(result.diff_id, name, paths, blob))
+                for number, layer in enumerate(base.layers, start=1):
+                    blob = None
+                    if describe_base:
+                        blob = await anyio.to_thread.run_sync(base.describe, layer)
+                    planned = PlannedLayer(
+                        BASE, layer.diff_id, layer.size, blob, UNCOMPRESSED, (layer.name,), layer
+                    )
+                    name = await put(planned, base.chunks(layer))
+                    reporter.line(f"Adding base layer {number} from {layer.name}")
+                    records.append(LayerRecord(layer.diff_id, name, [layer.name], blob))
 
-        reporter.line(f"Creating layer {len(records) + 1} with customisation...")
-        await custom_done.wait()
-        found = custom_hash[0]
-        blob = Descriptor(media_type, found.blob_digest, found.blob_size)
-        planned = PlannedLayer(
-            CUSTOMISATION,
-            found.diff_id,
-            found.size,
-            blob,
-            compression,
-            (customisation.directory,),
-        )
-        name = await put(planned, iter([customisation.span]))
-        records.append(LayerRecord(found.diff_id, name, [customisation.directory], blob))
+            media_type = layer_media_type(compression)
+            for index, paths in enumerate(conf.store_layers):
+                reporter.line(f"Creating layer {len(records) + 1} from paths: {list(paths)!r}")
+                result = await hashes.result(index)
+                blob = Descriptor(media_type, result.blob_digest, result.blob_size)
+                planned = PlannedLayer(STORE, result.diff_id, result.size, blob, compression, paths)
+                timelines[index].stream_start = time.monotonic()
+                found_name = writer.existing(planned)
+                if found_name is None:
+                    on_entry = _counting(result.witness.check, reporter)
+                    name = await writer.add_layer(planned, hashes.chunks(index, result, on_entry))
+                    result.witness.check_complete(name)
+                else:
+                    name = found_name
+                hashes.release(index)
+                timelines[index].stream_end = time.monotonic()
+                records.append(LayerRecord(result.diff_id, name, paths, blob))
+
+            reporter.line(f"Creating layer {len(records) + 1} with customisation...")
+            await custom_done.wait()
+            found = custom_hash[0]
+            blob = Descriptor(media_type, found.blob_digest, found.blob_size)
+            planned = PlannedLayer(
+                CUSTOMISATION,
+                found.diff_id,
+                found.size,
+                blob,
+                compression,
+                (customisation.directory,),
+            )
+            name = await put(planned, iter([customisation.span]))
+            records.append(LayerRecord(found.diff_id, name, [customisation.directory], blob))
+    finally:
+        hashes.close()
     return WrittenLayers(records, timelines)

@@ -41,6 +41,7 @@ from streamimage.spec import (
     Options,
     parse_compression,
     parse_conf,
+    parse_size,
 )
 
 STDOUT = 1
@@ -110,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["process", "thread"],
         default="process",
         help="run hash passes in worker processes (default) or threads of this one",
+    )
+    parser.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="where hash passes keep what they framed for the stream pass, in unlinked "
+        "files (default: $TMPDIR or /tmp)",
+    )
+    parser.add_argument(
+        "--spool-max",
+        default="2G",
+        metavar="SIZE",
+        help="spool at most SIZE bytes at once (K, M, G suffixes), and at most half the "
+        "free space; 0: never spool, frame each layer twice (default: 2G)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"streamimage {__version__}")
@@ -267,11 +281,15 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
                 )
             if args.jobs < 1:
                 raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
+            if args.spool_dir is not None and not os.path.isdir(args.spool_dir):
+                raise UsageError(f"--spool-dir {args.spool_dir}: not a directory")
             options = Options(
                 hash_workers=args.jobs,
                 hash_in_processes=args.hash_in == "process",
                 format=args.format,
                 compression=parse_compression(args.compress),
+                spool_dir=args.spool_dir,
+                spool_max=parse_size(args.spool_max, "--spool-max"),
             )
             anyio.run(run, conf, args.output, reporter, options, opened)
         except BaseExceptionGroup as group:

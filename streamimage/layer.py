@@ -14,11 +14,15 @@ import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streamimage.errors import ChangedError
 from streamimage.imagejson import Digest
 from streamimage.tarheader import DIRTYPE, REGTYPE, HeaderEncoder, end_of_archive, padding
 from streamimage.walk import Entry, store_error, walk_store_path
+
+if TYPE_CHECKING:
+    from streamimage.spool import Segments
 
 INLINE_MAX = 64 * 1024  # bytes: files up to this size travel inside a chunk
 CHUNK_TARGET = 256 * 1024  # bytes: a chunk is handed on once this much has gathered
@@ -58,6 +62,10 @@ class Witness:
         if cursor >= len(self._seen) or self._seen[cursor] != entry.fingerprint:
             raise ChangedError(f"{entry.path}: changed between the hash pass and the stream pass")
         self._cursor = cursor + 1
+
+    def __len__(self) -> int:
+        """Entries recorded."""
+        return len(self._seen)
 
     def check_complete(self, layer: str) -> None:
         """Raises: ChangedError: the stream pass met fewer entries than the hash pass."""
@@ -213,3 +221,5 @@ class LayerHash:
     witness: Witness
     blob_digest: Digest  # of the layer as stored: the diff_id unless compressed
     blob_size: int
+    segments: Segments | None = None  # the layer as spooled, if it was
+    spooled: int = 0  # bytes in the spool

@@ -45,7 +45,9 @@ from streamimage.layer import (
     read_span,
 )
 from streamimage.spec import UNCOMPRESSED, Compression
+from streamimage.spool import SpoolBudget, SpoolTarget, SpoolWriter, spooled_chunks
 from streamimage.tarheader import HeaderEncoder
+from streamimage.walk import Entry
 
 T = TypeVar("T")
 STDOUT = 1
@@ -227,19 +229,41 @@ async def hash_chunks(
     return ContentHash(plain.diff_id, plain.written, blob.diff_id, blob.written)
 
 
+def _framed(
+    store_paths: Sequence[str], encoder: HeaderEncoder, spool: SpoolTarget | None
+) -> tuple[Witness, SpoolWriter | None, Iterator[Chunk]]:
+    """The hash pass's chunks of a layer, recording each entry, spooled when asked."""
+    witness = Witness()
+    chunks = layer_chunks(store_paths, encoder, witness.record)
+    if spool is None:
+        return witness, None, chunks
+    writer = SpoolWriter(spool)
+    return witness, writer, writer.tee(chunks, witness.__len__)
+
+
+def _layer_hash(found: ContentHash, witness: Witness, writer: SpoolWriter | None) -> LayerHash:
+    segments = None if writer is None else writer.segments
+    spooled = 0 if writer is None else writer.size
+    return LayerHash(
+        found.diff_id, found.size, witness, found.blob_digest, found.blob_size, segments, spooled
+    )
+
+
 async def hash_layer(
-    store_paths: Sequence[str], encoder: HeaderEncoder, compression: Compression = UNCOMPRESSED
+    store_paths: Sequence[str],
+    encoder: HeaderEncoder,
+    compression: Compression = UNCOMPRESSED,
+    spool: SpoolTarget | None = None,
 ) -> LayerHash:
     """The hash pass of one layer: the same framing and pipeline as the stream pass, into
-    a HashSink; returns its diff_id and size (and its compressed digest and size) and what
-    it saw of every entry.
+    a HashSink; returns its diff_id and size (and its compressed digest and size), what
+    it saw of every entry, and what it spooled for the stream pass.
 
     Raises:
         StoreError, ChangedError: as layer_chunks.
     """
-    witness = Witness()
-    found = await hash_chunks(layer_chunks(store_paths, encoder, witness.record), compression)
-    return LayerHash(found.diff_id, found.size, witness, found.blob_digest, found.blob_size)
+    witness, writer, chunks = _framed(store_paths, encoder, spool)
+    return _layer_hash(await hash_chunks(chunks, compression), witness, writer)
 
 
 def _no_checkpoint() -> None:
@@ -247,18 +271,22 @@ def _no_checkpoint() -> None:
 
 
 def hash_layer_blocking(
-    store_paths: Sequence[str], encoder: HeaderEncoder, compression: Compression = UNCOMPRESSED
+    store_paths: Sequence[str],
+    encoder: HeaderEncoder,
+    compression: Compression = UNCOMPRESSED,
+    spool: SpoolTarget | None = None,
 ) -> LayerHash:
     """The hash pass as a worker process runs it. Uncompressed, the chunks are hashed as
     they come, in one thread: framing and hashing in two threads of one process fight for
     the GIL (on the benchmark corpus's python layer: 1.5 s wall and 1.85 s CPU, against
     1.37 s and 1.37 s in one). Compressed, hash_layer's pipeline overlaps the deflate."""
     if compression.enabled:
-        return anyio.run(hash_layer, store_paths, encoder, compression)
-    witness = Witness()
+        return anyio.run(hash_layer, store_paths, encoder, compression, spool)
+    witness, writer, chunks = _framed(store_paths, encoder, spool)
     sink = HashSink()
-    sink.hash_batch(layer_chunks(store_paths, encoder, witness.record), _no_checkpoint)
-    return LayerHash(sink.diff_id, sink.written, witness, sink.diff_id, sink.written)
+    sink.hash_batch(chunks, _no_checkpoint)
+    found = ContentHash(sink.diff_id, sink.written, sink.diff_id, sink.written)
+    return _layer_hash(found, witness, writer)
 
 
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:
@@ -313,12 +341,14 @@ class Timeline:
     hash_end: float = 0.0
     stream_start: float = 0.0
     stream_end: float = 0.0
+    spooled: int | None = None  # bytes the stream pass copied from the spool; None: framed
 
 
 @dataclass(slots=True)
 class _Slot:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: LayerHash | None = None
+    spool_fd: int | None = None  # the layer's spool file, open until it is streamed
 
 
 _FORK = multiprocessing.get_context("fork")
@@ -381,7 +411,8 @@ class HashPass:
     the first layer first, so that streaming starts as soon as can be, then the layers
     with the most store paths, likely the largest (streamLayeredImage puts all that
     doesn't get a layer of its own into the last one), so that the longest pass doesn't
-    start last and keep the stream waiting."""
+    start last and keep the stream waiting. Each pass spools what it framed while the
+    budget lasts, for the layer's stream pass to copy. ``close`` closes every spool."""
 
     def __init__(
         self,
@@ -391,6 +422,7 @@ class HashPass:
         timelines: Sequence[Timeline],
         processes: bool = True,
         compression: Compression = UNCOMPRESSED,
+        spool: SpoolBudget | None = None,
     ) -> None:
         self._layers = layers
         self._encoder = encoder
@@ -399,6 +431,7 @@ class HashPass:
         self._timelines = timelines
         self._processes = processes
         self._compression = compression
+        self._budget = spool
 
     def order(self) -> list[int]:
         """The layers' indices in the order their passes start."""
@@ -413,15 +446,28 @@ class HashPass:
         slot = self._slots[index]
         async with self._limiter:
             self._timelines[index].hash_start = time.monotonic()
+            opened = None if self._budget is None else self._budget.open()
+            reserved, target = (0, None) if opened is None else opened
+            if target is not None:
+                slot.spool_fd = target.fd
             paths = self._layers[index]
-            if self._processes:
-                # A process of its own: the hash pass's Python work doesn't contend for
-                # the GIL with the stream pass; cancelling kills the worker.
-                slot.result = await run_in_child(
-                    hash_layer_blocking, paths, self._encoder, self._compression
-                )
-            else:
-                slot.result = await hash_layer(paths, self._encoder, self._compression)
+            result: LayerHash | None = None
+            try:
+                if self._processes:
+                    # A process of its own: the hash pass's Python work doesn't contend
+                    # for the GIL with the stream pass; cancelling kills the worker.
+                    result = await run_in_child(
+                        hash_layer_blocking, paths, self._encoder, self._compression, target
+                    )
+                else:
+                    result = await hash_layer(paths, self._encoder, self._compression, target)
+            finally:
+                if self._budget is not None and target is not None:
+                    kept = 0 if result is None or result.segments is None else result.spooled
+                    self._budget.settle(reserved, kept)
+            slot.result = result
+            if result.segments is None:
+                self.release(index)  # nothing spooled: the file goes now
             self._timelines[index].hash_end = time.monotonic()
         slot.done.set()
 
@@ -431,6 +477,35 @@ class HashPass:
         await slot.done.wait()
         assert slot.result is not None
         return slot.result
+
+    def chunks(
+        self, index: int, result: LayerHash, on_entry: Callable[[Entry], None]
+    ) -> Iterator[Chunk]:
+        """The stream pass's chunks of layer ``index``: copied from its spool, or framed
+        again from the store; either way ``on_entry`` checks each entry first."""
+        paths = self._layers[index]
+        fd = self._slots[index].spool_fd
+        if fd is None or result.segments is None:
+            self._timelines[index].spooled = None
+            return layer_chunks(paths, self._encoder, on_entry)
+        self._timelines[index].spooled = result.spooled
+        return spooled_chunks(fd, result.segments, paths, on_entry)
+
+    def release(self, index: int) -> None:
+        """Close layer ``index``'s spool (it was streamed, or won't be), if it has one."""
+        slot = self._slots[index]
+        if slot.spool_fd is None:
+            return
+        os.close(slot.spool_fd)
+        slot.spool_fd = None
+        result = slot.result
+        if self._budget is not None and result is not None and result.segments is not None:
+            self._budget.release(result.spooled)
+
+    def close(self) -> None:
+        """Close every spool still open (after a failure, or a layer not streamed)."""
+        for index in range(len(self._slots)):
+            self.release(index)
 
 
 def cpu_workers() -> int:

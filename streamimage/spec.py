@@ -87,6 +87,22 @@ def parse_compression(text: str) -> Compression:
     return Compression(GZIP, int(level_text))
 
 
+SPOOL_MAX = 2 * 1024**3  # bytes: the default spool budget
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str, option: str) -> int:
+    """A byte count: digits, then optionally K, M, G or T (powers of 1024), as ``2G``.
+
+    Raises:
+        UsageError: anything else.
+    """
+    digits, unit = (text[:-1], text[-1:].upper()) if text[-1:].isalpha() else (text, "")
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise UsageError(f"{option} {text!r}: expected a size such as 0, 512M or 2G")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """How to build, from the command line (the conf says what to build)."""
@@ -95,6 +111,8 @@ class Options:
     hash_in_processes: bool = True  # worker processes (no GIL contention) or threads
     format: str = FORMAT_DOCKER  # one of FORMATS
     compression: Compression = UNCOMPRESSED  # of the layers built here (base layers: as is)
+    spool_dir: str | None = None  # where hash passes spool; None: the temporary directory
+    spool_max: int = SPOOL_MAX  # bytes spooled at once, at most; 0: never spool
 
 
 def _get(conf: dict[str, Any], key: str, where: str) -> Any:

@@ -90,9 +90,15 @@ def test_output_is_byte_identical_to_reference(
         pytest.fail(describe_difference(expected.stdout, actual.stdout), pytrace=False)
 
 
+# The stream pass copies each layer from its hash pass's spool by default; without a spool
+# it frames the layer again from the store. Both must give the reference's bytes.
+STREAM_PASSES = {"spooled": (), "framed-twice": ("--spool-max", "0")}
+
+
+@pytest.mark.parametrize("stream_pass", list(STREAM_PASSES))
 @pytest.mark.parametrize("fixture_id", storegen.FIXTURE_IDS)
 def test_output_sha256_matches_golden_reference_output(
-    fixture_store: FixtureStore, tool_cmd: list[str], fixture_id: str
+    fixture_store: FixtureStore, tool_cmd: list[str], fixture_id: str, stream_pass: str
 ) -> None:
     built = fixture_store.get(fixture_id)
     tree = storegen.tree_digest(built.root)
@@ -100,7 +106,7 @@ def test_output_sha256_matches_golden_reference_output(
         f"fixture {fixture_id} is not the tree the golden was recorded from: the builder is "
         "not deterministic here (or storegen changed without --record-golden)"
     )
-    actual = fixture_store.run(tool_cmd, fixture_id)
+    actual = fixture_store.run(tool_cmd, fixture_id, STREAM_PASSES[stream_pass])
     assert actual.returncode == 0, actual.stderr
     assert sha256_hex(actual.stdout) == GOLDEN[fixture_id]["output"], (
         f"{fixture_id}: output differs from the reference's recorded output "

@@ -1,0 +1,282 @@
+"""The spool: a hash pass keeps what it framed, the stream pass copies it.
+
+What must hold: the spooled layer is, byte for byte, the layer ``layer_chunks`` frames;
+the stream pass checks every entry against the hash pass's witness before the bytes that
+frame it go out; over budget or on a failed write the layer is framed again, never a
+failure; spool files never outlive the run or show in the directory.
+(The golden tests run every fixture both spooled and with --spool-max 0.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamimage import layer
+from streamimage.customisation import open_customisation
+from streamimage.docker import write_docker_archive
+from streamimage.errors import ChangedError, OutputError
+from streamimage.layer import Chunk, FileSpan, layer_chunks
+from streamimage.pipeline import hash_layer_blocking
+from streamimage.report import Reporter
+from streamimage.spec import Options, parse_conf
+from streamimage.spool import PIECE, Segment, SpoolBudget, SpoolTarget, spooled_chunks
+from streamimage.tarheader import HeaderEncoder
+from streamimage.walk import Entry
+from tests import storegen
+from tests.failures import Store, assert_run_failed, make_store, run
+from tests.test_faults import FailingSink
+
+ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
+SMALL_FILES = 300  # of 4 KiB: the layer frames more than one PIECE
+BIG_FILE = 3 * layer.INLINE_MAX  # a FileSpan, sent from the store, never spooled
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The basic fixture plus a layer of many small files around one large one."""
+    built = make_store(tmp_path)
+    path = storegen.store_path("many-small")
+    root = built.root / path
+    (root / "lib").mkdir(parents=True)
+    for i in range(SMALL_FILES):
+        (root / "lib" / f"f{i:04}").write_bytes(storegen.content(f"small{i}", 4096))
+    (root / "lib" / "f0150-big").write_bytes(storegen.content("big", BIG_FILE))
+    (root / "lib" / "link").symlink_to("f0001")
+    (root / "share").mkdir()
+    built.conf["store_layers"].append([path])
+    built.write_conf()
+    monkeypatch.chdir(built.root)
+    return built
+
+
+def big_layer(store: Store) -> list[str]:
+    return store.layers[-1]
+
+
+def framed(paths: list[str]) -> bytes:
+    """The layer tar as layer_chunks frames it, large files read in."""
+    out = bytearray()
+    for chunk in layer_chunks(paths, ENCODER, lambda entry: None):
+        if isinstance(chunk, FileSpan):
+            layer.read_span(chunk, out.extend)
+        else:
+            out += chunk
+    return bytes(out)
+
+
+def unspool(fd: int, segments: tuple[Segment, ...]) -> bytes:
+    out = bytearray()
+    for segment in segments:
+        if segment.span is not None:
+            layer.read_span(segment.span, out.extend)
+        else:
+            out += os.pread(fd, segment.size, segment.offset)
+    return bytes(out)
+
+
+@pytest.fixture
+def spool_fd(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
+    yield fd
+    os.close(fd)
+
+
+def test_the_spooled_layer_is_the_framed_layer(store: Store, spool_fd: int) -> None:
+    paths = big_layer(store)
+    result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(spool_fd, 1 << 30))
+    assert result.segments is not None
+    whole = framed(paths)
+    assert unspool(spool_fd, result.segments) == whole
+    assert result.size == len(whole)
+    # only headers and small files are spooled: the large file stays in the store
+    assert result.spooled == len(whole) - BIG_FILE == os.fstat(spool_fd).st_size
+    assert [s.span.size for s in result.segments if s.span is not None] == [BIG_FILE]
+    counts = [s.entries for s in result.segments]
+    assert counts == sorted(counts)
+    assert counts[-1] == len(result.witness)
+    assert max(s.size for s in result.segments if s.span is None) < PIECE + 2 * layer.CHUNK_TARGET
+
+
+def test_over_its_limit_a_pass_gives_up_spooling(store: Store, spool_fd: int) -> None:
+    paths = big_layer(store)
+    result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(spool_fd, PIECE))
+    plain = hash_layer_blocking(paths, ENCODER)
+    assert result.segments is None
+    assert result.spooled == 0
+    assert os.fstat(spool_fd).st_size == 0  # the space is given back at once
+    assert (result.diff_id, result.size) == (plain.diff_id, plain.size)
+
+
+def test_a_failed_spool_write_gives_up_spooling(store: Store) -> None:
+    paths = big_layer(store)
+    full = os.open("/dev/full", os.O_WRONLY)  # every write fails
+    try:
+        result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(full, 1 << 30))
+    finally:
+        os.close(full)
+    assert result.segments is None
+    assert result.diff_id == hash_layer_blocking(paths, ENCODER).diff_id
+
+
+def spooled(store: Store, fd: int) -> tuple[list[str], layer.LayerHash]:
+    paths = big_layer(store)
+    result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(fd, 1 << 30))
+    assert result.segments is not None
+    return paths, result
+
+
+def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spool_fd: int) -> None:
+    paths, result = spooled(store, spool_fd)
+    assert result.segments is not None
+    checked: list[str] = []
+
+    def on_entry(entry: Entry) -> None:
+        result.witness.check(entry)
+        checked.append(entry.path)
+
+    out = bytearray()
+    for segment, chunk in zip(
+        result.segments, spooled_chunks(spool_fd, result.segments, paths, on_entry), strict=True
+    ):
+        assert len(checked) >= segment.entries
+        out += chunk if isinstance(chunk, bytes) else b"<span>"
+    result.witness.check_complete("layer")
+    assert len(checked) == len(result.witness)
+    assert out.count(b"<span>") == 1
+
+
+def drain(chunks: Iterator[Chunk], into: bytearray) -> None:
+    for chunk in chunks:
+        into += chunk if isinstance(chunk, bytes) else b"<span>"
+
+
+@pytest.mark.parametrize("change", ["content", "removed", "added"])
+def test_a_store_changed_after_the_hash_pass_fails_the_stream_pass(
+    store: Store, spool_fd: int, change: str
+) -> None:
+    paths, result = spooled(store, spool_fd)
+    assert result.segments is not None
+    lib = Path(paths[0]) / "lib"
+    if change == "content":
+        (lib / "f0200").write_bytes(b"x" * 4096)  # same size: ctime and mtime move
+        expected = "f0200: changed between the hash pass and the stream pass"
+    elif change == "removed":
+        (lib / "f0200").unlink()
+        expected = "changed between the hash pass and the stream pass"
+    else:
+        (Path(paths[0]) / "zz-new").write_bytes(b"new")  # its directory changes too
+        expected = f"{paths[0]}: changed between the hash pass and the stream pass"
+    sent = bytearray()
+    chunks = spooled_chunks(spool_fd, result.segments, paths, result.witness.check)
+    with pytest.raises(ChangedError, match=expected):
+        drain(chunks, sent)
+    if change == "content":  # files before it went out, nothing of it did
+        assert f"/{paths[0]}/lib/f0100".encode() in sent
+        assert f"/{paths[0]}/lib/f0200".encode() not in sent
+
+
+def test_entries_gone_from_the_end_fail_the_stream_pass(store: Store, spool_fd: int) -> None:
+    paths, result = spooled(store, spool_fd)
+    assert result.segments is not None
+    (Path(paths[0]) / "share").rmdir()  # the last entry walked
+    with pytest.raises(ChangedError, match=r"disappeared|changed between"):
+        for _ in spooled_chunks(spool_fd, result.segments, paths, result.witness.check):
+            pass
+
+
+def test_the_budget_splits_between_workers_and_comes_back(tmp_path: Path) -> None:
+    budget = SpoolBudget(str(tmp_path), 4 * PIECE, workers=2)
+    first, second = budget.open(), budget.open()
+    assert first is not None
+    assert second is not None
+    assert first[0] == second[0] == 2 * PIECE  # each pass gets its share
+    assert budget.open() is None  # nothing left
+    budget.settle(first[0], PIECE)  # a pass that kept one PIECE in its spool
+    third = budget.open()
+    assert third is not None
+    assert third[0] == PIECE
+    budget.release(PIECE)  # the first layer was streamed
+    budget.settle(second[0], 0)
+    budget.settle(third[0], 0)
+    assert budget.open() is not None
+    for opened in (first, second, third):
+        os.close(opened[1].fd)
+    assert list(tmp_path.iterdir()) == []  # unlinked from the start
+
+
+def test_no_spool_where_a_file_cant_be_made(tmp_path: Path) -> None:
+    assert SpoolBudget(str(tmp_path / "missing"), 4 * PIECE, workers=1).open() is None
+
+
+def spool_fds(directory: Path) -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [link for link in links if link.startswith(str(directory))]
+
+
+async def build(store: Store, sink: FailingSink, spool_dir: Path) -> None:
+    conf = parse_conf(store.conf, "conf")
+    customisation = open_customisation(conf.customisation_layer)
+    options = Options(hash_workers=2, hash_in_processes=False, spool_dir=str(spool_dir))
+    await write_docker_archive(conf, None, customisation, sink, Reporter(io.StringIO()), options)
+
+
+@pytest.mark.parametrize("limit", [1 << 30, 40000], ids=["success", "reader-gone"])
+async def test_spool_files_are_closed_when_the_run_ends(
+    store: Store, tmp_path: Path, limit: int
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    sink = FailingSink(limit)
+    if limit > 1 << 20:
+        await build(store, sink, spool_dir)
+        with tarfile.open(fileobj=io.BytesIO(sink.data)) as image:
+            assert image.getnames()[-1] == "manifest.json"
+    else:
+        with pytest.RaisesGroup(OutputError, flatten_subgroups=True):
+            await build(store, sink, spool_dir)
+    assert spool_fds(spool_dir) == []
+    assert list(spool_dir.iterdir()) == []
+
+
+def layer_sources(stderr: bytes) -> list[str]:
+    lines = stderr.decode().splitlines()
+    return [line.rsplit("(", 1)[1].rstrip(")") for line in lines if line.startswith("  layer")]
+
+
+def test_a_small_budget_spools_the_small_layers_only(store: Store, tmp_path: Path) -> None:
+    default = run(store, "-v")
+    assert default.returncode == 0, default.stderr
+    assert all(source.startswith("spool") for source in layer_sources(default.stderr))
+    small = run(store, "-v", "--spool-max", "2M", "--spool-dir", str(tmp_path))
+    assert small.returncode == 0, small.stderr
+    assert small.stdout == default.stdout
+    sources = layer_sources(small.stderr)
+    assert sources[-1] == "framed again"
+    assert sources[0].startswith("spool")
+    none = run(store, "-v", "--spool-max", "0")
+    assert none.stdout == default.stdout
+    assert set(layer_sources(none.stderr)) == {"framed again"}
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (("--spool-max", "lots"), "--spool-max 'lots': expected a size"),
+        (("--spool-max", "2Q"), "--spool-max '2Q': expected a size"),
+        (("--spool-dir", "no/such/dir"), "--spool-dir no/such/dir: not a directory"),
+    ],
+)
+def test_bad_spool_options_are_usage_errors(
+    store: Store, args: tuple[str, ...], culprit: str
+) -> None:
+    assert_run_failed(run(store, *args), 2, culprit)
