@@ -49,8 +49,31 @@ class SpoolTarget:
     limit: int  # bytes; beyond them the hash pass gives up spooling
 
 
+def pieces(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """``chunks``, their bytes joined into pieces of about PIECE bytes (large files'
+    FileSpans pass as they are): fewer, larger updates for a hash in another thread, and
+    whole pieces for the spool."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        if isinstance(chunk, bytes):
+            pending.append(chunk)
+            held += len(chunk)
+            if held < PIECE:
+                continue
+            yield b"".join(pending)
+        else:
+            if held:
+                yield b"".join(pending)
+            yield chunk
+        pending.clear()
+        held = 0
+    if held:
+        yield b"".join(pending)
+
+
 class SpoolWriter:
-    """The hash pass's side: passes a layer's chunks on, writing their bytes to the spool."""
+    """The hash pass's side: passes a layer's pieces on, writing their bytes to the spool."""
 
     def __init__(self, target: SpoolTarget) -> None:
         self._fd = target.fd
@@ -69,37 +92,24 @@ class SpoolWriter:
         return self._size
 
     def tee(self, chunks: Iterator[Chunk], entries: Callable[[], int]) -> Iterator[Chunk]:
-        """``chunks``, unchanged; ``entries()``: how many entries they have framed so far
-        (each chunk frames only entries counted by the time it is yielded)."""
-        pending: list[bytes] = []
-        held = 0
-        for chunk in chunks:
+        """``chunks`` as pieces (their bytes unchanged), spooled; ``entries()``: how many
+        entries the chunks have framed so far (each chunk frames only entries counted by
+        the time it is yielded, so a piece frames those counted when it is made)."""
+        for piece in pieces(chunks):
             if self._segments is not None:
-                if isinstance(chunk, bytes):
-                    pending.append(chunk)
-                    held += len(chunk)
-                    if held >= PIECE:
-                        self._write(pending, held, entries())
-                        pending.clear()
-                        held = 0
+                if isinstance(piece, bytes):
+                    self._write(piece, entries())
                 else:
-                    if held:
-                        self._write(pending, held, entries())
-                        pending.clear()
-                        held = 0
-                    if self._segments is not None:
-                        self._segments.append(Segment(entries(), 0, chunk.size, chunk))
-            yield chunk
-        if held and self._segments is not None:
-            self._write(pending, held, entries())
+                    self._segments.append(Segment(entries(), 0, piece.size, piece))
+            yield piece
 
-    def _write(self, pieces: list[bytes], size: int, entries: int) -> None:
-        if self._segments is None:
-            return
+    def _write(self, piece: bytes, entries: int) -> None:
+        assert self._segments is not None
+        size = len(piece)
         if self._size + size > self._limit:
             self._give_up()
             return
-        data = memoryview(b"".join(pieces))
+        data = memoryview(piece)
         offset = self._size
         try:
             while data:
