@@ -153,7 +153,7 @@ async def write_layers(
         timelines,
         processes=options.hash_in_processes,
         compression=compression,
-        spool=spool_budget(options.spool_dir, options.spool_max, options.hash_workers),
+        spool=spool_budget(options.spool_dir, options.spool_max, 2 * len(conf.store_layers)),
     )
     try:
         async with anyio.create_task_group() as tg:

@@ -67,6 +67,10 @@ class Witness:
         """Entries recorded."""
         return len(self._seen)
 
+    def extend(self, other: Witness) -> None:
+        """Append what ``other`` recorded (a later part of the same layer)."""
+        self._seen.extend(other._seen)
+
     def check_complete(self, layer: str) -> None:
         """Raises: ChangedError: the stream pass met fewer entries than the hash pass."""
         if self._cursor != len(self._seen):
@@ -130,11 +134,19 @@ def _read_small(entry: Entry) -> bytes:
 
 
 def layer_chunks(
-    store_paths: Sequence[str], encoder: HeaderEncoder, on_entry: Callable[[Entry], None]
+    store_paths: Sequence[str],
+    encoder: HeaderEncoder,
+    on_entry: Callable[[Entry], None],
+    *,
+    nix_dirs: bool = True,
+    end: bool = True,
 ) -> Iterator[Chunk]:
     """The layer tar of ``store_paths``: bytes chunks, and FileSpans for large files' content.
 
     ``on_entry`` sees every walked entry before it is framed (Witness.record or .check).
+    ``nix_dirs=False``, ``end=False``: without the /nix and /nix/store members before the
+    entries, without the end of the archive after them: a part of a layer, framed apart
+    (members don't depend on where they are in the layer; the end does).
 
     Raises:
         StoreError: a store path can't be read or holds something tar can't carry.
@@ -145,10 +157,11 @@ def layer_chunks(
     append = parts.append
     held = 0  # bytes in parts
     done = 0  # bytes handed on before them
-    # /nix and /nix/store come first, to be consistent with the docker tools
-    append(encode("/nix/", DIRTYPE, NIX_DIR_MODE))
-    append(encode("/nix/store/", DIRTYPE, NIX_DIR_MODE))
-    held = 2 * len(parts[0])
+    if nix_dirs:
+        # /nix and /nix/store come first, to be consistent with the docker tools
+        append(encode("/nix/", DIRTYPE, NIX_DIR_MODE))
+        append(encode("/nix/store/", DIRTYPE, NIX_DIR_MODE))
+        held = 2 * len(parts[0])
     for store_path in store_paths:
         for entry in walk_store_path(store_path):
             on_entry(entry)
@@ -175,8 +188,10 @@ def layer_chunks(
                 parts.clear()
                 done += held
                 held = 0
-    append(end_of_archive(done + held))
-    yield b"".join(parts)
+    if end:
+        append(end_of_archive(done + held))
+    if parts:
+        yield b"".join(parts)
 
 
 def _no_checkpoint() -> None:

@@ -15,11 +15,13 @@ files are never in memory (the sink sends them with sendfile).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import multiprocessing
 import os
 import signal
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +47,18 @@ from streamimage.layer import (
     read_span,
 )
 from streamimage.spec import UNCOMPRESSED, Compression
-from streamimage.spool import SpoolBudget, SpoolTarget, SpoolWriter, pieces, spooled_chunks
-from streamimage.tarheader import HeaderEncoder
+from streamimage.spool import (
+    SpoolBudget,
+    SpooledPart,
+    SpoolTarget,
+    SpoolWriter,
+    pieces,
+    read_part,
+    segment_chunks,
+    spool_part,
+    spooled_chunks,
+)
+from streamimage.tarheader import HeaderEncoder, end_of_archive
 from streamimage.walk import Entry
 
 T = TypeVar("T")
@@ -290,6 +302,45 @@ def hash_layer_blocking(
     return _layer_hash(found, witness, writer)
 
 
+READY = struct.Struct("<qqq")  # a split pass's helper is done: index offset, size, entries
+GAVE_UP = READY.pack(-1, -1, -1)
+
+
+def hash_layer_head(
+    store_paths: Sequence[str],
+    split: int,
+    encoder: HeaderEncoder,
+    spool: SpoolTarget,
+    helper_fd: int,
+    ready: Connection,
+) -> LayerHash:
+    """A split hash pass, as its worker process runs it (uncompressed layers): frames,
+    spools and hashes ``store_paths[:split]`` while a helper (spool_part) frames the rest
+    into spool ``helper_fd``; then, told by ``ready`` that the helper is done, hashes the
+    helper's part from its spool (or frames it here, if the helper gave up), then the end.
+    The witness returned holds this process's entries only; the parent adds the helper's.
+    """
+    witness = Witness()
+    writer = SpoolWriter(spool)
+    sink = HashSink()
+    head = layer_chunks(store_paths[:split], encoder, witness.record, end=False)
+    sink.hash_batch(writer.tee(head, witness.__len__), _no_checkpoint)
+    offset, size, entries = READY.unpack(ready.recv_bytes())
+    if size < 0:
+        rest = layer_chunks(store_paths[split:], encoder, witness.record, nix_dirs=False, end=False)
+        sink.hash_batch(writer.tee(rest, witness.__len__), _no_checkpoint)
+        total = len(witness)
+    else:
+        part = read_part(helper_fd, offset, size)
+        sink.hash_batch(segment_chunks(helper_fd, part), _no_checkpoint)
+        writer.adopt(part, len(witness), spool=1)
+        total = len(witness) + entries
+    end = end_of_archive(sink.written)
+    sink.hash_batch(writer.tee(iter([end]), lambda: total), _no_checkpoint)
+    found = ContentHash(sink.diff_id, sink.written, sink.diff_id, sink.written)
+    return _layer_hash(found, witness, writer)
+
+
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:
     """Up to BATCH_BYTES of chunks (large files' spans count as nothing: they stay on
     disk), so that one thread hop moves many small files; empty when ``chunks`` is done."""
@@ -343,13 +394,26 @@ class Timeline:
     stream_start: float = 0.0
     stream_end: float = 0.0
     spooled: int | None = None  # bytes the stream pass copied from the spool; None: framed
+    parts: int = 1  # processes that framed the layer in its hash pass
+
+
+@dataclass(slots=True)
+class _Split:
+    """What a split pass's head and helper tasks share."""
+
+    at: int  # the helper frames the layer's store paths from this one on
+    prepared: anyio.Event = field(default_factory=anyio.Event)  # set by the head
+    helper: SpoolTarget | None = None  # the helper's spool; None: not needed
+    send: Connection | None = None  # to the head's worker: the helper is done
+    part: SpooledPart | None = None  # what the helper spooled
+    closed: bool = False  # the head's worker is gone: nobody reads ``send``
 
 
 @dataclass(slots=True)
 class _Slot:
     done: anyio.Event = field(default_factory=anyio.Event)
     result: LayerHash | None = None
-    spool_fd: int | None = None  # the layer's spool file, open until it is streamed
+    spool_fds: list[int] = field(default_factory=list)  # open until the layer is streamed
 
 
 _FORK = multiprocessing.get_context("fork")
@@ -413,7 +477,8 @@ class HashPass:
     with the most store paths, likely the largest (streamLayeredImage puts all that
     doesn't get a layer of its own into the last one), so that the longest pass doesn't
     start last and keep the stream waiting. Each pass spools what it framed while the
-    budget lasts, for the layer's stream pass to copy. ``close`` closes every spool."""
+    budget lasts, for the layer's stream pass to copy; a layer of several store paths is
+    framed by two processes (split_at). ``close`` closes every spool."""
 
     def __init__(
         self,
@@ -440,37 +505,133 @@ class HashPass:
         return [0, *rest] if self._layers else []
 
     def start(self, tg: TaskGroup) -> None:
-        for index in self.order():  # the limiter lets tasks in as they queued
-            tg.start_soon(self._hash, index)
+        # The limiter lets tasks in as they queued; a split pass's helper queues right
+        # behind its head, so a head never waits for a helper that can't get a slot.
+        for index in self.order():
+            split = self.split_at(index)
+            if split is None:
+                tg.start_soon(self._hash, index)
+            else:
+                state = _Split(split)
+                tg.start_soon(self._hash_head, index, state)
+                tg.start_soon(self._help, index, state)
+
+    def split_at(self, index: int) -> int | None:
+        """Where layer ``index``'s store paths split between two processes, or None.
+
+        A layer of several store paths (streamLayeredImage's last layer holds all that
+        didn't get one of their own: often the largest) is framed by two worker
+        processes: the first hashes its half, then the second's half from its spool.
+        Uncompressed layers in worker processes only, with a spool and two workers."""
+        paths = self._layers[index]
+        if (
+            len(paths) < 2
+            or self._budget is None
+            or not self._processes
+            or self._compression.enabled
+            or self._limiter.total_tokens < 2
+        ):
+            return None
+        return len(paths) // 2
 
     async def _hash(self, index: int) -> None:
-        slot = self._slots[index]
         async with self._limiter:
-            self._timelines[index].hash_start = time.monotonic()
-            opened = None if self._budget is None else self._budget.open()
-            reserved, target = (0, None) if opened is None else opened
-            if target is not None:
-                slot.spool_fd = target.fd
-            paths = self._layers[index]
-            result: LayerHash | None = None
+            await self._hash_whole(index)
+        self._slots[index].done.set()
+
+    def _open_spool(self, index: int, part: int = 0) -> SpoolTarget | None:
+        """A spool for layer ``index``'s pass (part 1: a split pass's helper), or None."""
+        target = None if self._budget is None else self._budget.open(2 * index + part)
+        if target is not None:
+            self._slots[index].spool_fds.append(target.fd)
+        return target
+
+    async def _hash_whole(self, index: int) -> None:
+        self._timelines[index].hash_start = time.monotonic()
+        target = self._open_spool(index)
+        paths = self._layers[index]
+        if self._processes:
+            # A process of its own: the hash pass's Python work doesn't contend for the
+            # GIL with the stream pass; cancelling kills the worker.
+            result = await run_in_child(
+                hash_layer_blocking, paths, self._encoder, self._compression, target
+            )
+        else:
+            result = await hash_layer(paths, self._encoder, self._compression, target)
+        self._finish(index, result)
+
+    async def _hash_head(self, index: int, split: _Split) -> None:
+        async with self._limiter:
             try:
-                if self._processes:
-                    # A process of its own: the hash pass's Python work doesn't contend
-                    # for the GIL with the stream pass; cancelling kills the worker.
-                    result = await run_in_child(
-                        hash_layer_blocking, paths, self._encoder, self._compression, target
-                    )
+                head = self._open_spool(index)
+                helper = None if head is None else self._open_spool(index, 1)
+                if head is None or helper is None:  # no room for two spools: one pass
+                    self.release(index)
+                    split.prepared.set()  # the helper is not needed
+                    await self._hash_whole(index)
                 else:
-                    result = await hash_layer(paths, self._encoder, self._compression, target)
+                    receive, split.send = _FORK.Pipe(duplex=False)
+                    split.helper = helper
+                    split.prepared.set()
+                    try:
+                        await self._run_head(index, split, head, receive)
+                    finally:
+                        split.closed = True
+                        receive.close()
             finally:
-                if self._budget is not None and target is not None:
-                    kept = 0 if result is None or result.segments is None else result.spooled
-                    self._budget.settle(reserved, kept)
-            slot.result = result
-            if result.segments is None:
-                self.release(index)  # nothing spooled: the file goes now
-            self._timelines[index].hash_end = time.monotonic()
-        slot.done.set()
+                split.prepared.set()
+        self._slots[index].done.set()
+
+    async def _run_head(
+        self, index: int, split: _Split, head: SpoolTarget, ready: Connection
+    ) -> None:
+        assert split.helper is not None
+        self._timelines[index].hash_start = time.monotonic()
+        self._timelines[index].parts = 2
+        result = await run_in_child(
+            hash_layer_head,
+            self._layers[index],
+            split.at,
+            self._encoder,
+            head,
+            split.helper.fd,
+            ready,
+        )
+        if split.part is not None:
+            result.witness.extend(split.part.witness)
+            if result.segments is not None:  # the layer is in both spools
+                result = dataclasses.replace(result, spooled=result.spooled + split.part.size)
+        self._finish(index, result)
+
+    async def _help(self, index: int, split: _Split) -> None:
+        """A split pass's helper: frames the later part of layer ``index`` into its spool
+        and tells the head, which waits for it, where the part's index is."""
+        try:
+            async with self._limiter:
+                await split.prepared.wait()
+                if split.helper is None:
+                    return
+                split.part = await run_in_child(
+                    spool_part, self._layers[index][split.at :], self._encoder, split.helper
+                )
+            part = split.part
+            ready = (
+                GAVE_UP
+                if part is None
+                else READY.pack(part.index_offset, part.index_size, len(part.witness))
+            )
+            if split.send is not None and not split.closed:
+                split.send.send_bytes(ready)  # a few bytes into an empty pipe: never blocks
+        finally:
+            if split.send is not None:
+                split.send.close()
+
+    def _finish(self, index: int, result: LayerHash) -> None:
+        slot = self._slots[index]
+        slot.result = result
+        if result.segments is None:
+            self.release(index)  # nothing spooled: the files go now
+        self._timelines[index].hash_end = time.monotonic()
 
     async def result(self, index: int) -> LayerHash:
         """The hash of layer ``index`` (0-based), once its pass has finished."""
@@ -485,23 +646,22 @@ class HashPass:
         """The stream pass's chunks of layer ``index``: copied from its spool, or framed
         again from the store; either way ``on_entry`` checks each entry first."""
         paths = self._layers[index]
-        fd = self._slots[index].spool_fd
-        if fd is None or result.segments is None:
+        fds = self._slots[index].spool_fds
+        if not fds or result.segments is None:
             self._timelines[index].spooled = None
             return layer_chunks(paths, self._encoder, on_entry)
         self._timelines[index].spooled = result.spooled
-        return spooled_chunks(fd, result.segments, paths, on_entry)
+        return spooled_chunks(fds, result.segments, paths, on_entry)
 
     def release(self, index: int) -> None:
-        """Close layer ``index``'s spool (it was streamed, or won't be), if it has one."""
+        """Close layer ``index``'s spools (it was streamed, or won't be), if it has any."""
         slot = self._slots[index]
-        if slot.spool_fd is None:
-            return
-        os.close(slot.spool_fd)
-        slot.spool_fd = None
-        result = slot.result
-        if self._budget is not None and result is not None and result.segments is not None:
-            self._budget.release(result.spooled)
+        for fd in slot.spool_fds:
+            os.close(fd)
+        slot.spool_fds.clear()
+        if self._budget is not None:  # its passes are over: the counters are ours now
+            self._budget.count(2 * index, 0)
+            self._budget.count(2 * index + 1, 0)
 
     def close(self) -> None:
         """Close every spool still open (after a failure, or a layer not streamed)."""

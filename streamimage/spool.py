@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import multiprocessing
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 from streamimage.errors import ChangedError
-from streamimage.layer import Chunk, FileSpan
+from streamimage.layer import Chunk, FileSpan, Witness, layer_chunks
+from streamimage.tarheader import HeaderEncoder
 from streamimage.walk import Entry, walk_store_path
 
+_FORK = multiprocessing.get_context("fork")
 PIECE = 1024 * 1024  # bytes: the spool is written, and released to the stream, in pieces
 
 
@@ -36,6 +40,7 @@ class Segment:
     offset: int  # in the spool
     size: int
     span: FileSpan | None = None  # set: the content of this file instead of spooled bytes
+    spool: int = 0  # which of the layer's spools: 0 its own, 1 its helper's (a split pass)
 
 
 Segments = tuple[Segment, ...]
@@ -43,10 +48,11 @@ Segments = tuple[Segment, ...]
 
 @dataclass(frozen=True, slots=True)
 class SpoolTarget:
-    """Where a hash pass may spool: an open spool file and how much of it to use."""
+    """Where a hash pass may spool: an open spool file, and the budget it counts against."""
 
     fd: int
-    limit: int  # bytes; beyond them the hash pass gives up spooling
+    budget: SpoolBudget
+    counter: int  # the budget's counter of this pass's bytes
 
 
 def pieces(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -77,7 +83,8 @@ class SpoolWriter:
 
     def __init__(self, target: SpoolTarget) -> None:
         self._fd = target.fd
-        self._limit = target.limit
+        self._budget = target.budget
+        self._counter = target.counter
         self._size = 0
         self._segments: list[Segment] | None = []
 
@@ -103,19 +110,22 @@ class SpoolWriter:
                     self._segments.append(Segment(entries(), 0, piece.size, piece))
             yield piece
 
+    def adopt(self, segments: Segments, entries: int, spool: int) -> None:
+        """Append a part of the layer spooled by a helper into spool number ``spool``,
+        its entries coming after the ``entries`` framed here."""
+        if self._segments is not None:
+            self._segments.extend(
+                Segment(s.entries + entries, s.offset, s.size, s.span, spool) for s in segments
+            )
+
     def _write(self, piece: bytes, entries: int) -> None:
         assert self._segments is not None
         size = len(piece)
-        if self._size + size > self._limit:
+        if not self._budget.take(self._counter, self._size + size):
             self._give_up()
             return
-        data = memoryview(piece)
-        offset = self._size
         try:
-            while data:
-                written = os.pwrite(self._fd, data, offset)
-                data = data[written:]
-                offset += written
+            write_all(self._fd, piece, self._size)
         except OSError:  # a full disk, a quota: frame the layer again instead
             self._give_up()
             return
@@ -125,22 +135,91 @@ class SpoolWriter:
     def _give_up(self) -> None:
         self._segments = None
         self._size = 0
+        self._budget.count(self._counter, 0)
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)  # give the space back now
 
 
+def write_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd``.
+
+    Raises:
+        OSError: it can't (ENOSPC, EDQUOT, EIO...).
+    """
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def _read(fd: int, segment: Segment) -> bytes:
-    data = os.pread(fd, segment.size, segment.offset)
-    while len(data) < segment.size:
-        more = os.pread(fd, segment.size - len(data), segment.offset + len(data))
+    return read_exactly(fd, segment.offset, segment.size)
+
+
+def read_exactly(fd: int, offset: int, size: int) -> bytes:
+    """``size`` bytes of the spool ``fd`` from ``offset``.
+
+    Raises:
+        OSError: it is shorter (EIO) or can't be read.
+    """
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
         if not more:
             raise OSError(errno.EIO, "the spool is shorter than written")
         data += more
     return data
 
 
+@dataclass(frozen=True, slots=True)
+class SpooledPart:
+    """What a split hash pass's helper spooled: a later part of a layer, framed apart."""
+
+    witness: Witness
+    size: int  # bytes spooled
+    index_offset: int  # where the pickled Segments of the part start in the spool
+    index_size: int
+
+
+def spool_part(
+    store_paths: Sequence[str], encoder: HeaderEncoder, target: SpoolTarget
+) -> SpooledPart | None:
+    """Frame the members of ``store_paths`` into the spool (a split pass's helper, in a
+    worker process): the layer's hash pass, in another, hashes them from there after its
+    own part. Large files are neither read nor spooled. None: the part didn't fit.
+
+    Raises:
+        StoreError, ChangedError: as layer_chunks.
+    """
+    witness = Witness()
+    writer = SpoolWriter(target)
+    chunks = layer_chunks(store_paths, encoder, witness.record, nix_dirs=False, end=False)
+    for _ in writer.tee(chunks, witness.__len__):
+        if writer.segments is None:
+            return None
+    index = pickle.dumps(writer.segments)
+    try:
+        write_all(target.fd, index, writer.size)  # after the part's bytes, for the hash pass
+    except OSError:
+        return None
+    return SpooledPart(witness, writer.size, writer.size, len(index))
+
+
+def read_part(fd: int, offset: int, size: int) -> Segments:
+    """The Segments of a part that spool_part spooled into ``fd``."""
+    segments: Segments = pickle.loads(read_exactly(fd, offset, size))
+    return segments
+
+
+def segment_chunks(fd: int, segments: Segments) -> Iterator[Chunk]:
+    """The chunks of a part spooled into ``fd``: its bytes, read back, and its FileSpans."""
+    for segment in segments:
+        yield segment.span if segment.span is not None else _read(fd, segment)
+
+
 def spooled_chunks(
-    fd: int,
+    fds: Sequence[int],
     segments: Segments,
     store_paths: Sequence[str],
     on_entry: Callable[[Entry], None],
@@ -163,41 +242,49 @@ def spooled_chunks(
                 )
             on_entry(entry)
             seen += 1
-        yield segment.span if segment.span is not None else _read(fd, segment)
+        yield segment.span if segment.span is not None else _read(fds[segment.spool], segment)
     for entry in walked:
         on_entry(entry)  # one more than the hash pass saw: the witness refuses it
 
 
 class SpoolBudget:
-    """Hands each hash pass a spool file and its share of the bytes that may be spooled
-    at once: ``total`` split between ``workers`` passes, returned when a layer is streamed.
-    Used by one event loop only (no lock)."""
+    """How many bytes the spools of a run may hold at once, counted across the hash
+    passes' worker processes: one counter per pass in shared memory, each written by one
+    process at a time (the pass's, then the parent's once the pass is over), so no lock
+    that a killed worker could leave taken. Passes check the sum before each piece, so
+    together they may overshoot ``total`` by a piece each, no more."""
 
-    def __init__(self, directory: str, total: int, workers: int) -> None:
+    def __init__(self, directory: str, total: int, counters: int) -> None:
         self.directory = directory
         self.total = total
-        self._share = total // max(1, workers)
-        self._available = total
+        self._counts = _FORK.Array("q", counters, lock=False)
 
-    def open(self) -> tuple[int, SpoolTarget] | None:
-        """A spool file and its target, or None (nothing left, or it can't be created)."""
-        limit = min(self._share, self._available)
-        if limit < PIECE:
+    def used(self) -> int:
+        """Bytes in all spools now."""
+        return sum(self._counts)
+
+    def take(self, counter: int, size: int) -> bool:
+        """Let ``counter`` hold ``size`` bytes, if the total allows; False if not."""
+        if self.used() - self._counts[counter] + size > self.total:
+            return False
+        self._counts[counter] = size
+        return True
+
+    def count(self, counter: int, size: int) -> None:
+        """``counter`` holds ``size`` bytes now (0: its spool was given up or closed)."""
+        self._counts[counter] = size
+
+    def open(self, counter: int) -> SpoolTarget | None:
+        """A new spool file counted by ``counter``, or None: no room left, or it can't
+        be created (spooling is never a failure)."""
+        if self.total - self.used() < PIECE:
             return None
         try:
             fd = _unlinked_file(self.directory)
         except OSError:
             return None
-        self._available -= limit
-        return limit, SpoolTarget(fd, limit)
-
-    def settle(self, reserved: int, used: int) -> None:
-        """A hash pass ended, using ``used`` of its ``reserved`` bytes."""
-        self._available += reserved - used
-
-    def release(self, used: int) -> None:
-        """A spool of ``used`` bytes was closed."""
-        self._available += used
+        self._counts[counter] = 0
+        return SpoolTarget(fd, self, counter)
 
 
 def _unlinked_file(directory: str) -> int:
@@ -208,13 +295,14 @@ def _unlinked_file(directory: str) -> int:
     return fd
 
 
-def spool_budget(directory: str | None, maximum: int, workers: int) -> SpoolBudget:
+def spool_budget(directory: str | None, maximum: int, counters: int) -> SpoolBudget | None:
     """The budget for this run: at most ``maximum`` bytes and half the free space of
-    ``directory`` (default: the temporary directory) at the start."""
+    ``directory`` (default: the temporary directory) at the start; None: no spooling."""
     where = directory if directory is not None else tempfile.gettempdir()
     try:
         st = os.statvfs(where)
         free = st.f_bavail * st.f_frsize
     except OSError:
         free = 0
-    return SpoolBudget(where, min(maximum, free // 2), workers)
+    total = min(maximum, free // 2)
+    return SpoolBudget(where, total, counters) if total >= PIECE else None

@@ -218,12 +218,19 @@ def test_file_changed_while_sent_fails(
 
 @pytest.fixture
 def big_store(store: Store) -> Store:
-    """Layer 1 holds 20 MB of random data, layer 2 a 1 GB sparse file: hashes still run
-    (in worker processes) when a reader leaves after the first bytes."""
+    """Layer 1 holds 20 MB of random data, layer 2 a 1 GB sparse file, layer 3 two store
+    paths (hashed by two processes) of 512 MB sparse files: hashes still run (in worker
+    processes) when a reader leaves after the first bytes."""
     lib = store.root / store.layers[0][0] / "lib"
     (lib / "random.bin").write_bytes(os.urandom(20 * 1024 * 1024))
     with (store.root / store.layers[1][0] / "huge.bin").open("wb") as file:
         file.truncate(1024 * 1024 * 1024)
+    add_layer(store, "split-head")
+    store.layers[-1].append(storegen.store_path("split-help"))
+    for path in store.layers[-1]:
+        (store.root / path).mkdir(exist_ok=True)
+        with (store.root / path / "half.bin").open("wb") as file:
+            file.truncate(512 * 1024 * 1024)
     store.write_conf()
     return store
 

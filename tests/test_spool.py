@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
+import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,15 +26,23 @@ from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ChangedError, OutputError
 from streamimage.layer import Chunk, FileSpan, layer_chunks
-from streamimage.pipeline import hash_layer_blocking
+from streamimage.pipeline import GAVE_UP, READY, hash_layer_blocking, hash_layer_head
 from streamimage.report import Reporter
 from streamimage.spec import Options, parse_conf
-from streamimage.spool import PIECE, Segment, SpoolBudget, SpoolTarget, spooled_chunks
+from streamimage.spool import (
+    PIECE,
+    Segment,
+    SpoolBudget,
+    SpooledPart,
+    SpoolTarget,
+    spool_part,
+    spooled_chunks,
+)
 from streamimage.tarheader import HeaderEncoder
 from streamimage.walk import Entry
 from tests import storegen
 from tests.failures import Store, assert_run_failed, make_store, run
-from tests.test_faults import FailingSink
+from tests.test_faults import STOP_BOUND, FailingSink
 
 ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
 SMALL_FILES = 300  # of 4 KiB: the layer frames more than one PIECE
@@ -81,6 +92,11 @@ def unspool(fd: int, segments: tuple[Segment, ...]) -> bytes:
     return bytes(out)
 
 
+def target(fd: int, total: int = 1 << 30) -> SpoolTarget:
+    """A spool target of its own budget of ``total`` bytes."""
+    return SpoolTarget(fd, SpoolBudget("/nonexistent", total, 1), 0)
+
+
 @pytest.fixture
 def spool_fd(tmp_path: Path) -> Iterator[int]:
     fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
@@ -90,7 +106,7 @@ def spool_fd(tmp_path: Path) -> Iterator[int]:
 
 def test_the_spooled_layer_is_the_framed_layer(store: Store, spool_fd: int) -> None:
     paths = big_layer(store)
-    result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(spool_fd, 1 << 30))
+    result = hash_layer_blocking(paths, ENCODER, spool=target(spool_fd))
     assert result.segments is not None
     whole = framed(paths)
     assert unspool(spool_fd, result.segments) == whole
@@ -106,7 +122,7 @@ def test_the_spooled_layer_is_the_framed_layer(store: Store, spool_fd: int) -> N
 
 def test_over_its_limit_a_pass_gives_up_spooling(store: Store, spool_fd: int) -> None:
     paths = big_layer(store)
-    result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(spool_fd, PIECE))
+    result = hash_layer_blocking(paths, ENCODER, spool=target(spool_fd, PIECE))
     plain = hash_layer_blocking(paths, ENCODER)
     assert result.segments is None
     assert result.spooled == 0
@@ -118,7 +134,7 @@ def test_a_failed_spool_write_gives_up_spooling(store: Store) -> None:
     paths = big_layer(store)
     full = os.open("/dev/full", os.O_WRONLY)  # every write fails
     try:
-        result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(full, 1 << 30))
+        result = hash_layer_blocking(paths, ENCODER, spool=target(full))
     finally:
         os.close(full)
     assert result.segments is None
@@ -127,7 +143,7 @@ def test_a_failed_spool_write_gives_up_spooling(store: Store) -> None:
 
 def spooled(store: Store, fd: int) -> tuple[list[str], layer.LayerHash]:
     paths = big_layer(store)
-    result = hash_layer_blocking(paths, ENCODER, spool=SpoolTarget(fd, 1 << 30))
+    result = hash_layer_blocking(paths, ENCODER, spool=target(fd))
     assert result.segments is not None
     return paths, result
 
@@ -143,7 +159,7 @@ def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spoo
 
     out = bytearray()
     for segment, chunk in zip(
-        result.segments, spooled_chunks(spool_fd, result.segments, paths, on_entry), strict=True
+        result.segments, spooled_chunks([spool_fd], result.segments, paths, on_entry), strict=True
     ):
         assert len(checked) >= segment.entries
         out += chunk if isinstance(chunk, bytes) else b"<span>"
@@ -174,7 +190,7 @@ def test_a_store_changed_after_the_hash_pass_fails_the_stream_pass(
         (Path(paths[0]) / "zz-new").write_bytes(b"new")  # its directory changes too
         expected = f"{paths[0]}: changed between the hash pass and the stream pass"
     sent = bytearray()
-    chunks = spooled_chunks(spool_fd, result.segments, paths, result.witness.check)
+    chunks = spooled_chunks([spool_fd], result.segments, paths, result.witness.check)
     with pytest.raises(ChangedError, match=expected):
         drain(chunks, sent)
     if change == "content":  # files before it went out, nothing of it did
@@ -187,32 +203,32 @@ def test_entries_gone_from_the_end_fail_the_stream_pass(store: Store, spool_fd: 
     assert result.segments is not None
     (Path(paths[0]) / "share").rmdir()  # the last entry walked
     with pytest.raises(ChangedError, match=r"disappeared|changed between"):
-        for _ in spooled_chunks(spool_fd, result.segments, paths, result.witness.check):
+        for _ in spooled_chunks([spool_fd], result.segments, paths, result.witness.check):
             pass
 
 
-def test_the_budget_splits_between_workers_and_comes_back(tmp_path: Path) -> None:
-    budget = SpoolBudget(str(tmp_path), 4 * PIECE, workers=2)
-    first, second = budget.open(), budget.open()
+def test_the_budget_counts_every_pass_and_comes_back(tmp_path: Path) -> None:
+    budget = SpoolBudget(str(tmp_path), 4 * PIECE, counters=3)
+    first = budget.open(0)
     assert first is not None
+    assert budget.take(0, 3 * PIECE)
+    second = budget.open(1)  # one PIECE left: enough to start
     assert second is not None
-    assert first[0] == second[0] == 2 * PIECE  # each pass gets its share
-    assert budget.open() is None  # nothing left
-    budget.settle(first[0], PIECE)  # a pass that kept one PIECE in its spool
-    third = budget.open()
+    assert not budget.take(1, 2 * PIECE)  # over the total with the first pass's
+    assert budget.take(1, PIECE)
+    assert budget.used() == 4 * PIECE
+    assert budget.open(2) is None  # nothing left
+    budget.count(0, 0)  # the first layer was streamed
+    assert budget.take(1, 3 * PIECE)
+    third = budget.open(2)
     assert third is not None
-    assert third[0] == PIECE
-    budget.release(PIECE)  # the first layer was streamed
-    budget.settle(second[0], 0)
-    budget.settle(third[0], 0)
-    assert budget.open() is not None
     for opened in (first, second, third):
-        os.close(opened[1].fd)
+        os.close(opened.fd)
     assert list(tmp_path.iterdir()) == []  # unlinked from the start
 
 
 def test_no_spool_where_a_file_cant_be_made(tmp_path: Path) -> None:
-    assert SpoolBudget(str(tmp_path / "missing"), 4 * PIECE, workers=1).open() is None
+    assert SpoolBudget(str(tmp_path / "missing"), 4 * PIECE, 1).open(0) is None
 
 
 def spool_fds(directory: Path) -> list[str]:
@@ -257,7 +273,7 @@ def test_a_small_budget_spools_the_small_layers_only(store: Store, tmp_path: Pat
     default = run(store, "-v")
     assert default.returncode == 0, default.stderr
     assert all(source.startswith("spool") for source in layer_sources(default.stderr))
-    small = run(store, "-v", "--spool-max", "2M", "--spool-dir", str(tmp_path))
+    small = run(store, "-v", "--spool-max", "1M", "--spool-dir", str(tmp_path))
     assert small.returncode == 0, small.stderr
     assert small.stdout == default.stdout
     sources = layer_sources(small.stderr)
@@ -280,3 +296,103 @@ def test_bad_spool_options_are_usage_errors(
     store: Store, args: tuple[str, ...], culprit: str
 ) -> None:
     assert_run_failed(run(store, *args), 2, culprit)
+
+
+# --- a layer of several store paths: hashed by two processes ---------------------------
+
+
+@pytest.fixture
+def two_path_layer(store: Store) -> list[str]:
+    """The store's last layer with a second store path after the many small files."""
+    second = storegen.store_path("second-half")
+    (store.root / second / "bin").mkdir(parents=True)
+    (store.root / second / "bin" / "tool").write_bytes(storegen.content("tool", 5000))
+    (store.root / second / "bin" / "big").write_bytes(storegen.content("big2", BIG_FILE))
+    store.conf["store_layers"][-1].append(second)
+    store.write_conf()
+    return store.layers[-1]
+
+
+def header_ends(paths: list[str]) -> list[int]:
+    """Where each member's header (PAX records included) ends in the layer of ``paths``."""
+    with tarfile.open(fileobj=io.BytesIO(framed(paths))) as layer_tar:
+        return [m.offset_data for m in layer_tar.getmembers()]
+
+
+def run_head(paths: list[str], helper: SpooledPart | None, helper_fd: int, head_fd: int) -> Any:
+    receive, send = multiprocessing.Pipe(duplex=False)
+    with receive, send:
+        if helper is None:
+            send.send_bytes(GAVE_UP)
+        else:
+            send.send_bytes(READY.pack(helper.index_offset, helper.index_size, len(helper.witness)))
+        return hash_layer_head(paths, 1, ENCODER, target(head_fd), helper_fd, receive)
+
+
+@pytest.mark.parametrize("helper_spools", [True, False], ids=["helper-spooled", "helper-gave-up"])
+def test_a_split_pass_is_the_whole_pass(
+    two_path_layer: list[str], tmp_path: Path, helper_spools: bool
+) -> None:
+    paths = two_path_layer
+    whole = hash_layer_blocking(paths, ENCODER)
+    head_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
+    helper_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
+    try:
+        part = spool_part(paths[1:], ENCODER, target(helper_fd, 1 << 30 if helper_spools else 0))
+        assert (part is not None) == helper_spools
+        result = run_head(paths, part, helper_fd, head_fd)
+        assert (result.diff_id, result.size) == (whole.diff_id, whole.size)
+        assert result.segments is not None
+        assert {s.spool for s in result.segments} == ({0, 1} if helper_spools else {0})
+        if part is not None:
+            result.witness.extend(part.witness)
+        assert len(result.witness) == len(whole.witness)
+        counts = [s.entries for s in result.segments]
+        assert counts == sorted(counts)
+        assert counts[-1] == len(whole.witness)
+        # a segment counts every entry whose header ends in it or before it: the stream
+        # pass checks an entry before the bytes that frame it go out
+        position = 0
+        ends = header_ends(paths)
+        for segment in result.segments:
+            position += segment.size
+            framed_here = sum(1 for end in ends if end <= position)
+            assert framed_here <= segment.entries + 2  # /nix/ and /nix/store/: no entries
+        fds = [head_fd, helper_fd]
+        checked = list(spooled_chunks(fds, result.segments, paths, result.witness.check))
+        out = bytearray()
+        for chunk in checked:
+            if isinstance(chunk, FileSpan):
+                layer.read_span(chunk, out.extend)
+            else:
+                out += chunk
+        assert bytes(out) == framed(paths)
+        result.witness.check_complete("layer")
+    finally:
+        os.close(head_fd)
+        os.close(helper_fd)
+
+
+def test_a_layer_of_several_paths_is_hashed_in_two_processes(
+    store: Store, two_path_layer: list[str]
+) -> None:
+    split = run(store, "-v")
+    assert split.returncode == 0, split.stderr
+    sources = layer_sources(split.stderr)
+    several = [len(paths) > 1 for paths in store.layers]
+    assert several[-1]
+    assert [source.endswith("hashed in 2 processes") for source in sources] == several
+    for args in (("--spool-max", "0"), ("--hash-in", "thread"), ("-j", "1")):
+        one = run(store, "-v", *args)
+        assert one.stdout == split.stdout, args
+        assert not any(source.endswith("processes") for source in layer_sources(one.stderr))
+
+
+@pytest.mark.parametrize("half", [0, 1], ids=["head", "helper"])
+def test_a_failure_in_either_half_ends_the_run(
+    store: Store, two_path_layer: list[str], half: int
+) -> None:
+    path = f"{two_path_layer[half]}/zz.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path)
+        assert_run_failed(run(store, timeout=STOP_BOUND), 1, path, "is a socket")
