@@ -11,12 +11,14 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from typing import NoReturn, Protocol, TextIO
+from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 import anyio
-from tqdm import tqdm
 
 from streamimage.pipeline import Timeline
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 REFRESH = 0.2  # seconds between two refreshes of the live display
 
@@ -64,6 +66,8 @@ class Reporter:
         cancelled; does nothing unless the display was asked for."""
         if not self._live:
             return
+        from tqdm import tqdm  # here: 25 ms of import, paid only when the display is shown
+
         tqdm.monitor_interval = 0  # no monitor thread: this task refreshes
         bar: tqdm[NoReturn] = tqdm(
             file=self._stream,
