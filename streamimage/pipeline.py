@@ -15,13 +15,14 @@ files are never in memory (the sink sends them with sendfile).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import multiprocessing
 import os
 import signal
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,12 +49,12 @@ from streamimage.layer import (
 )
 from streamimage.spec import UNCOMPRESSED, Compression
 from streamimage.spool import (
+    Segment,
     SpoolBudget,
     SpooledPart,
     SpoolTarget,
     SpoolWriter,
     pieces,
-    read_part,
     segment_chunks,
     spool_part,
     spooled_chunks,
@@ -62,6 +63,7 @@ from streamimage.tarheader import HeaderEncoder, end_of_archive
 from streamimage.walk import Entry
 
 T = TypeVar("T")
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
 STDOUT = 1
 STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
 BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch carries
@@ -185,6 +187,13 @@ class HashSink:
     async def write(self, data: bytes) -> None:
         self.update(data)
 
+    def copy(self) -> HashSink:
+        """A sink that has hashed what this one has, and goes on apart."""
+        twin = HashSink()
+        twin._digest = self._digest.copy()
+        twin.written = self.written
+        return twin
+
     def update(self, data: bytes | memoryview) -> None:
         """Hash ``data`` now, in the calling thread (a CompressingSink's observer)."""
         self._digest.update(data)
@@ -302,39 +311,39 @@ def hash_layer_blocking(
     return _layer_hash(found, witness, writer)
 
 
-READY = struct.Struct("<qqq")  # a split pass's helper is done: index offset, size, entries
-GAVE_UP = READY.pack(-1, -1, -1)
-
-
 def hash_layer_head(
     store_paths: Sequence[str],
     split: int,
     encoder: HeaderEncoder,
     spool: SpoolTarget,
     helper_fd: int,
-    ready: Connection,
+    records: Connection,
 ) -> LayerHash:
     """A split hash pass, as its worker process runs it (uncompressed layers): frames,
     spools and hashes ``store_paths[:split]`` while a helper (spool_part) frames the rest
-    into spool ``helper_fd``; then, told by ``ready`` that the helper is done, hashes the
-    helper's part from its spool (or frames it here, if the helper gave up), then the end.
-    The witness returned holds this process's entries only; the parent adds the helper's.
+    into spool ``helper_fd``; then hashes the helper's segments from its spool as
+    ``records`` brings them, then the end. A helper that gave up leaves its part to be
+    framed here. The witness returned holds this process's entries; the parent adds the
+    helper's.
     """
     witness = Witness()
     writer = SpoolWriter(spool)
     sink = HashSink()
     head = layer_chunks(store_paths[:split], encoder, witness.record, end=False)
     sink.hash_batch(writer.tee(head, witness.__len__), _no_checkpoint)
-    offset, size, entries = READY.unpack(ready.recv_bytes())
-    if size < 0:
+    before = sink.copy()
+    part: list[Segment] = []
+    while isinstance(record := records.recv(), Segment):
+        sink.hash_batch(segment_chunks(helper_fd, (record,)), _no_checkpoint)
+        part.append(record)
+    if record is None:  # the helper gave up: forget its segments, frame its part here
+        sink = before
         rest = layer_chunks(store_paths[split:], encoder, witness.record, nix_dirs=False, end=False)
         sink.hash_batch(writer.tee(rest, witness.__len__), _no_checkpoint)
         total = len(witness)
     else:
-        part = read_part(helper_fd, offset, size)
-        sink.hash_batch(segment_chunks(helper_fd, part), _no_checkpoint)
-        writer.adopt(part, len(witness), spool=1)
-        total = len(witness) + entries
+        writer.adopt(tuple(part), len(witness), spool=1)
+        total = len(witness) + record
     end = end_of_archive(sink.written)
     sink.hash_batch(writer.tee(iter([end]), lambda: total), _no_checkpoint)
     found = ContentHash(sink.diff_id, sink.written, sink.diff_id, sink.written)
@@ -404,9 +413,9 @@ class _Split:
     at: int  # the helper frames the layer's store paths from this one on
     prepared: anyio.Event = field(default_factory=anyio.Event)  # set by the head
     helper: SpoolTarget | None = None  # the helper's spool; None: not needed
-    send: Connection | None = None  # to the head's worker: the helper is done
+    records: Connection | None = None  # the helper's worker sends its segments on it
     part: SpooledPart | None = None  # what the helper spooled
-    closed: bool = False  # the head's worker is gone: nobody reads ``send``
+    helped: anyio.Event = field(default_factory=anyio.Event)  # set by the helper
 
 
 @dataclass(slots=True)
@@ -570,20 +579,20 @@ class HashPass:
                     split.prepared.set()  # the helper is not needed
                     await self._hash_whole(index)
                 else:
-                    receive, split.send = _FORK.Pipe(duplex=False)
+                    receive, split.records = _FORK.Pipe(duplex=False)
+                    _grow_pipe(split.records.fileno())
                     split.helper = helper
                     split.prepared.set()
                     try:
                         await self._run_head(index, split, head, receive)
                     finally:
-                        split.closed = True
                         receive.close()
             finally:
                 split.prepared.set()
         self._slots[index].done.set()
 
     async def _run_head(
-        self, index: int, split: _Split, head: SpoolTarget, ready: Connection
+        self, index: int, split: _Split, head: SpoolTarget, records: Connection
     ) -> None:
         assert split.helper is not None
         self._timelines[index].hash_start = time.monotonic()
@@ -595,36 +604,42 @@ class HashPass:
             self._encoder,
             head,
             split.helper.fd,
-            ready,
+            records,
         )
-        if split.part is not None:
+        await split.helped.wait()  # its worker has ended, and its witness is here
+        if split.part is None:  # it gave up: its spool is not the layer's
+            self._budget_count(2 * index + 1, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(split.helper.fd, 0)
+        else:
             result.witness.extend(split.part.witness)
             if result.segments is not None:  # the layer is in both spools
                 result = dataclasses.replace(result, spooled=result.spooled + split.part.size)
         self._finish(index, result)
 
     async def _help(self, index: int, split: _Split) -> None:
-        """A split pass's helper: frames the later part of layer ``index`` into its spool
-        and tells the head, which waits for it, where the part's index is."""
+        """A split pass's helper: frames the later part of layer ``index`` into its spool,
+        sending each segment to the head's worker, which hashes them as they come."""
         try:
             async with self._limiter:
                 await split.prepared.wait()
-                if split.helper is None:
+                if split.helper is None or split.records is None:
                     return
                 split.part = await run_in_child(
-                    spool_part, self._layers[index][split.at :], self._encoder, split.helper
+                    spool_part,
+                    self._layers[index][split.at :],
+                    self._encoder,
+                    split.helper,
+                    split.records,
                 )
-            part = split.part
-            ready = (
-                GAVE_UP
-                if part is None
-                else READY.pack(part.index_offset, part.index_size, len(part.witness))
-            )
-            if split.send is not None and not split.closed:
-                split.send.send_bytes(ready)  # a few bytes into an empty pipe: never blocks
         finally:
-            if split.send is not None:
-                split.send.close()
+            if split.records is not None:
+                split.records.close()
+            split.helped.set()
+
+    def _budget_count(self, counter: int, size: int) -> None:
+        if self._budget is not None:
+            self._budget.count(counter, size)
 
     def _finish(self, index: int, result: LayerHash) -> None:
         slot = self._slots[index]
@@ -659,14 +674,22 @@ class HashPass:
         for fd in slot.spool_fds:
             os.close(fd)
         slot.spool_fds.clear()
-        if self._budget is not None:  # its passes are over: the counters are ours now
-            self._budget.count(2 * index, 0)
-            self._budget.count(2 * index + 1, 0)
+        self._budget_count(2 * index, 0)  # its passes are over: the counters are ours now
+        self._budget_count(2 * index + 1, 0)
 
     def close(self) -> None:
         """Close every spool still open (after a failure, or a layer not streamed)."""
         for index in range(len(self._slots)):
             self.release(index)
+
+
+RECORDS_PIPE = 1024 * 1024  # bytes: a helper's segments wait here while its head frames
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let a helper send thousands of segments before it waits for its head to read."""
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep 64 KiB
+        fcntl.fcntl(fd, F_SETPIPE_SZ, RECORDS_PIPE)
 
 
 def cpu_workers() -> int:

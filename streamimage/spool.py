@@ -17,11 +17,11 @@ import contextlib
 import errno
 import multiprocessing
 import os
-import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from multiprocessing.connection import Connection
 
 from streamimage.errors import ChangedError
 from streamimage.layer import Chunk, FileSpan, Witness, layer_chunks
@@ -81,12 +81,17 @@ def pieces(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
 class SpoolWriter:
     """The hash pass's side: passes a layer's pieces on, writing their bytes to the spool."""
 
-    def __init__(self, target: SpoolTarget) -> None:
+    def __init__(
+        self, target: SpoolTarget, on_segment: Callable[[Segment], object] | None = None
+    ) -> None:
+        """``on_segment``: told of each segment once it is in the spool; then giving up
+        leaves the spool as it is (the segments told of may still be read)."""
         self._fd = target.fd
         self._budget = target.budget
         self._counter = target.counter
         self._size = 0
         self._segments: list[Segment] | None = []
+        self._on_segment = on_segment
 
     @property
     def segments(self) -> Segments | None:
@@ -98,6 +103,11 @@ class SpoolWriter:
         """Bytes in the spool."""
         return self._size
 
+    @property
+    def gave_up(self) -> bool:
+        """Spooling was given up (over budget, or a write failed)."""
+        return self._segments is None
+
     def tee(self, chunks: Iterator[Chunk], entries: Callable[[], int]) -> Iterator[Chunk]:
         """``chunks`` as pieces (their bytes unchanged), spooled; ``entries()``: how many
         entries the chunks have framed so far (each chunk frames only entries counted by
@@ -107,8 +117,14 @@ class SpoolWriter:
                 if isinstance(piece, bytes):
                     self._write(piece, entries())
                 else:
-                    self._segments.append(Segment(entries(), 0, piece.size, piece))
+                    self._append(Segment(entries(), 0, piece.size, piece))
             yield piece
+
+    def _append(self, segment: Segment) -> None:
+        assert self._segments is not None
+        self._segments.append(segment)
+        if self._on_segment is not None:
+            self._on_segment(segment)
 
     def adopt(self, segments: Segments, entries: int, spool: int) -> None:
         """Append a part of the layer spooled by a helper into spool number ``spool``,
@@ -129,15 +145,16 @@ class SpoolWriter:
         except OSError:  # a full disk, a quota: frame the layer again instead
             self._give_up()
             return
-        self._segments.append(Segment(entries, self._size, size))
+        self._append(Segment(entries, self._size, size))
         self._size += size
 
     def _give_up(self) -> None:
         self._segments = None
         self._size = 0
-        self._budget.count(self._counter, 0)
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)  # give the space back now
+        if self._on_segment is None:
+            self._budget.count(self._counter, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)  # give the space back now
 
 
 def write_all(fd: int, data: bytes, offset: int) -> None:
@@ -178,38 +195,32 @@ class SpooledPart:
 
     witness: Witness
     size: int  # bytes spooled
-    index_offset: int  # where the pickled Segments of the part start in the spool
-    index_size: int
 
 
 def spool_part(
-    store_paths: Sequence[str], encoder: HeaderEncoder, target: SpoolTarget
+    store_paths: Sequence[str],
+    encoder: HeaderEncoder,
+    target: SpoolTarget,
+    records: Connection,
 ) -> SpooledPart | None:
     """Frame the members of ``store_paths`` into the spool (a split pass's helper, in a
-    worker process): the layer's hash pass, in another, hashes them from there after its
-    own part. Large files are neither read nor spooled. None: the part didn't fit.
+    worker process), sending each Segment on ``records`` once it is in the spool, for the
+    layer's hash pass, in another process, to hash it from there; then the number of
+    entries framed, or None: the part didn't fit (the hash pass frames it itself). Large
+    files are neither read nor spooled here.
 
     Raises:
         StoreError, ChangedError: as layer_chunks.
     """
     witness = Witness()
-    writer = SpoolWriter(target)
+    writer = SpoolWriter(target, on_segment=records.send)
     chunks = layer_chunks(store_paths, encoder, witness.record, nix_dirs=False, end=False)
     for _ in writer.tee(chunks, witness.__len__):
-        if writer.segments is None:
+        if writer.gave_up:
+            records.send(None)
             return None
-    index = pickle.dumps(writer.segments)
-    try:
-        write_all(target.fd, index, writer.size)  # after the part's bytes, for the hash pass
-    except OSError:
-        return None
-    return SpooledPart(witness, writer.size, writer.size, len(index))
-
-
-def read_part(fd: int, offset: int, size: int) -> Segments:
-    """The Segments of a part that spool_part spooled into ``fd``."""
-    segments: Segments = pickle.loads(read_exactly(fd, offset, size))
-    return segments
+    records.send(len(witness))
+    return SpooledPart(witness, writer.size)
 
 
 def segment_chunks(fd: int, segments: Segments) -> Iterator[Chunk]:

@@ -17,7 +17,6 @@ import socket
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,14 +25,13 @@ from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ChangedError, OutputError
 from streamimage.layer import Chunk, FileSpan, layer_chunks
-from streamimage.pipeline import GAVE_UP, READY, hash_layer_blocking, hash_layer_head
+from streamimage.pipeline import hash_layer_blocking, hash_layer_head
 from streamimage.report import Reporter
 from streamimage.spec import Options, parse_conf
 from streamimage.spool import (
     PIECE,
     Segment,
     SpoolBudget,
-    SpooledPart,
     SpoolTarget,
     spool_part,
     spooled_chunks,
@@ -319,31 +317,33 @@ def header_ends(paths: list[str]) -> list[int]:
         return [m.offset_data for m in layer_tar.getmembers()]
 
 
-def run_head(paths: list[str], helper: SpooledPart | None, helper_fd: int, head_fd: int) -> Any:
-    receive, send = multiprocessing.Pipe(duplex=False)
-    with receive, send:
-        if helper is None:
-            send.send_bytes(GAVE_UP)
-        else:
-            send.send_bytes(READY.pack(helper.index_offset, helper.index_size, len(helper.witness)))
-        return hash_layer_head(paths, 1, ENCODER, target(head_fd), helper_fd, receive)
+HELPER_BUDGETS = {
+    "helper-spooled": 1 << 30,
+    "helper-gave-up-at-once": 0,
+    "helper-gave-up-midway": PIECE + PIECE // 8,  # its first piece fits, its second not
+}
 
 
-@pytest.mark.parametrize("helper_spools", [True, False], ids=["helper-spooled", "helper-gave-up"])
+@pytest.mark.parametrize("helper_budget", list(HELPER_BUDGETS))
 def test_a_split_pass_is_the_whole_pass(
-    two_path_layer: list[str], tmp_path: Path, helper_spools: bool
+    two_path_layer: list[str], tmp_path: Path, helper_budget: str
 ) -> None:
-    paths = two_path_layer
+    # the helper frames the many small files: more than one piece
+    paths = [two_path_layer[1], two_path_layer[0]]
     whole = hash_layer_blocking(paths, ENCODER)
     head_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
     helper_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
+    receive, send = multiprocessing.Pipe(duplex=False)
     try:
-        part = spool_part(paths[1:], ENCODER, target(helper_fd, 1 << 30 if helper_spools else 0))
-        assert (part is not None) == helper_spools
-        result = run_head(paths, part, helper_fd, head_fd)
+        budget = target(helper_fd, HELPER_BUDGETS[helper_budget])
+        part = spool_part(paths[1:], ENCODER, budget, send)  # its records wait in the pipe
+        assert (part is not None) == (helper_budget == "helper-spooled")
+        result = hash_layer_head(paths, 1, ENCODER, target(head_fd), helper_fd, receive)
+        assert not receive.poll()  # every record was read
         assert (result.diff_id, result.size) == (whole.diff_id, whole.size)
         assert result.segments is not None
-        assert {s.spool for s in result.segments} == ({0, 1} if helper_spools else {0})
+        spools = {s.spool for s in result.segments}
+        assert spools == ({0, 1} if part is not None else {0})
         if part is not None:
             result.witness.extend(part.witness)
         assert len(result.witness) == len(whole.witness)
@@ -371,6 +371,8 @@ def test_a_split_pass_is_the_whole_pass(
     finally:
         os.close(head_fd)
         os.close(helper_fd)
+        receive.close()
+        send.close()
 
 
 def test_a_layer_of_several_paths_is_hashed_in_two_processes(
