@@ -9,11 +9,9 @@ traceback only with ``--debug``.  ExceptionGroups from task groups are unwrapped
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
-import stat
 import sys
 import tempfile
 import traceback
@@ -30,7 +28,7 @@ from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
 from streamimage.oci import write_oci_archive, write_oci_dir
-from streamimage.pipeline import FdSink, cpu_workers
+from streamimage.pipeline import FdSink, cpu_workers, grow_pipe
 from streamimage.report import Reporter
 from streamimage.spec import (
     FORMAT_DOCKER,
@@ -45,8 +43,6 @@ from streamimage.spec import (
 )
 
 STDOUT = 1
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl numbers
-F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class Interrupted(StreamImageError):
@@ -150,20 +146,6 @@ def load_conf(path: str, repo_tag: str | None) -> Conf:
     return parse_conf(document, path, repo_tag=repo_tag or None)
 
 
-PIPE_SIZE = 1024 * 1024  # bytes: Linux's default pipe-max-size for unprivileged users
-
-
-def _grow_pipe(fd: int) -> None:
-    """Give a pipe on ``fd`` a 1 MiB buffer (the default is 64 KiB), so that one write of
-    a chunk is one wake-up of the reader (`docker load`, `gzip`) instead of sixteen.
-    Best effort: not a pipe, an older kernel or a lower limit leave it as it is."""
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, F_GETPIPE_SZ) < PIPE_SIZE:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass
-
-
 @contextmanager
 def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterator[FdSink]:
     """stdout, or a temporary file beside ``path`` that becomes ``path`` only on success.
@@ -173,7 +155,7 @@ def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterato
         OutputError: the file can't be created or renamed.
     """
     if path is None:
-        _grow_pipe(STDOUT)
+        grow_pipe(STDOUT)  # one write of a batch: one wake-up of the reader, not sixteen
         sink = FdSink(STDOUT, "stdout")
         if opened is not None:
             opened.append(sink)

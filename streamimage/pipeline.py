@@ -23,6 +23,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +64,8 @@ from streamimage.tarheader import HeaderEncoder, end_of_archive
 from streamimage.walk import Entry
 
 T = TypeVar("T")
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl numbers
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 STDOUT = 1
 STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
 BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch carries
@@ -580,7 +582,7 @@ class HashPass:
                     await self._hash_whole(index)
                 else:
                     receive, split.records = _FORK.Pipe(duplex=False)
-                    _grow_pipe(split.records.fileno())
+                    grow_pipe(split.records.fileno())
                     split.helper = helper
                     split.prepared.set()
                     try:
@@ -683,13 +685,19 @@ class HashPass:
             self.release(index)
 
 
-RECORDS_PIPE = 1024 * 1024  # bytes: a helper's segments wait here while its head frames
+PIPE_SIZE = 1024 * 1024  # bytes: Linux's default pipe-max-size for unprivileged users
 
 
-def _grow_pipe(fd: int) -> None:
-    """Let a helper send thousands of segments before it waits for its head to read."""
-    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep 64 KiB
-        fcntl.fcntl(fd, F_SETPIPE_SZ, RECORDS_PIPE)
+def grow_pipe(fd: int) -> None:
+    """Give a pipe on ``fd`` a 1 MiB buffer (the default is 64 KiB): stdout, so that one
+    write of a batch is one wake-up of the reader (`docker load`, `gzip`); a split pass's
+    records, so that its helper rarely waits for its head. Best effort: not a pipe, an
+    older kernel or a lower limit leave it as it is."""
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass
 
 
 def cpu_workers() -> int:
