@@ -49,16 +49,27 @@ class PlannedLayer:
 
     kind: str  # BASE, STORE or CUSTOMISATION
     diff_id: Digest
-    size: int  # bytes the chunks yield: uncompressed, or a base layer as stored
+    size: int  # uncompressed (a base layer: as stored)
     blob: Descriptor | None  # as stored; None for a base layer the writer didn't describe
-    compression: Compression  # to apply to the chunks on the way out
+    compression: Compression  # of the layer as stored
     comment_paths: tuple[str, ...]
     base_layer: BaseLayer | None = None
+    stored: bool = False  # the chunks yield the layer as stored (compressed by its hash pass)
 
     @property
     def blob_size(self) -> int:
         """How many bytes the stored layer has."""
         return self.size if self.blob is None else self.blob.size
+
+    @property
+    def applied(self) -> Compression:
+        """The compression to apply to the chunks on the way out."""
+        return UNCOMPRESSED if self.stored else self.compression
+
+    @property
+    def yielded(self) -> int:
+        """How many bytes the chunks yield."""
+        return self.blob_size if self.stored else self.size
 
 
 class LayerWriter(Protocol):
@@ -70,10 +81,10 @@ class LayerWriter(Protocol):
         ...
 
     async def add_layer(self, layer: PlannedLayer, chunks: Iterator[Chunk]) -> str:
-        """Write the layer, compressing as ``layer.compression`` says; return its name.
+        """Write the layer, compressing as ``layer.applied`` says; return its name.
 
         Raises:
-            ChangedError: the chunks did not amount to ``layer.size`` bytes.
+            ChangedError: the chunks did not amount to ``layer.yielded`` bytes.
             OutputError: writing failed.
         """
         ...
@@ -179,7 +190,10 @@ async def write_layers(
                 reporter.line(f"Creating layer {len(records) + 1} from paths: {list(paths)!r}")
                 result = await hashes.result(index)
                 blob = Descriptor(media_type, result.blob_digest, result.blob_size)
-                planned = PlannedLayer(STORE, result.diff_id, result.size, blob, compression, paths)
+                stored = result.stored and result.segments is not None
+                planned = PlannedLayer(
+                    STORE, result.diff_id, result.size, blob, compression, paths, stored=stored
+                )
                 timelines[index].stream_start = time.monotonic()
                 found_name = writer.existing(planned)
                 if found_name is None:

@@ -50,7 +50,7 @@ class DockerLayers:
             name = f"{layer.diff_id.hex}/layer.tar"
             header = tar.header(name, layer.size)
         await tar.add_stream(
-            header, layer.blob_size, chunks, name, layer.compression, content_size=layer.size
+            header, layer.blob_size, chunks, name, layer.applied, content_size=layer.yielded
         )
         return name
 

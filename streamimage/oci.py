@@ -109,7 +109,7 @@ class TarBlobs:
         name = blob_path(layer.blob)
         header = self._tar.header(name, layer.blob.size)
         await self._tar.add_stream(
-            header, layer.blob.size, chunks, name, layer.compression, content_size=layer.size
+            header, layer.blob.size, chunks, name, layer.applied, content_size=layer.yielded
         )
         self._written.add(name)
         return name
@@ -180,17 +180,17 @@ class DirBlobs:
         fd = await anyio.to_thread.run_sync(self._open, name)
         try:
             sink = FdSink(fd, os.path.join(self.root, name))
-            if layer.compression.enabled:
-                encoder = CompressingSink(sink, layer.compression)
+            if layer.applied.enabled:
+                encoder = CompressingSink(sink, layer.applied)
                 content = await stream_chunks(chunks, encoder)
                 await encoder.close()
             else:
                 content = await stream_chunks(chunks, sink)
         finally:
             os.close(fd)
-        if content != layer.size or sink.written != blob.size:
+        if content != layer.yielded or sink.written != blob.size:
             raise ChangedError(
-                f"{name}: {layer.size} bytes ({blob.size} stored) hashed but {content} "
+                f"{name}: {layer.yielded} bytes ({blob.size} stored) hashed but {content} "
                 f"({sink.written} stored) streamed"
             )
         self._names.add(name)

@@ -222,6 +222,27 @@ class HashSink:
         return Digest(self._digest.hexdigest())
 
 
+class StoredSpool:
+    """A compressed layer's hash pass: the sink under its compressor that hashes the
+    stored bytes (``blob``) and spools them, for the stream pass to copy instead of
+    compressing again."""
+
+    def __init__(self, blob: HashSink, writer: SpoolWriter) -> None:
+        self._blob = blob
+        self._writer = writer
+        self.written = 0
+
+    async def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self._blob.update(data)
+        self._writer.add(data, 0)  # a pwrite into the page cache; entries are set at the end
+
+    async def write_batch(self, batch: list[Chunk]) -> None:
+        for chunk in batch:
+            assert isinstance(chunk, bytes), "a compressor's output is bytes"
+            await self.write(chunk)
+
+
 @dataclass(frozen=True, slots=True)
 class ContentHash:
     """The uncompressed and the stored (maybe compressed) digest and size of a content."""
@@ -280,13 +301,32 @@ async def hash_layer(
 ) -> LayerHash:
     """The hash pass of one layer: the same framing and pipeline as the stream pass, into
     a HashSink; returns its diff_id and size (and its compressed digest and size), what
-    it saw of every entry, and what it spooled for the stream pass.
+    it saw of every entry, and what it spooled for the stream pass: the framed bytes, or
+    a compressed layer's stored bytes.
 
     Raises:
         StoreError, ChangedError: as layer_chunks.
     """
+    if compression.enabled and spool is not None:
+        return await _hash_stored(store_paths, encoder, compression, spool)
     witness, writer, chunks = _framed(store_paths, encoder, spool)
     return _layer_hash(await hash_chunks(chunks, compression), witness, writer)
+
+
+async def _hash_stored(
+    store_paths: Sequence[str], encoder: HeaderEncoder, compression: Compression, spool: SpoolTarget
+) -> LayerHash:
+    # a compressed layer spools what its compressor writes: the stream pass copies it
+    witness, _, chunks = _framed(store_paths, encoder, None)
+    plain, blob, writer = HashSink(), HashSink(), SpoolWriter(spool)
+    sink = CompressingSink(StoredSpool(blob, writer), compression, observe=plain.update)
+    await stream_chunks(chunks, sink)
+    await sink.close()
+    segments = writer.stored(len(witness))
+    spooled = 0 if segments is None else writer.size
+    return LayerHash(
+        plain.diff_id, plain.written, witness, blob.diff_id, blob.written, segments, spooled, True
+    )
 
 
 def _no_checkpoint() -> None:

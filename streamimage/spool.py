@@ -126,6 +126,18 @@ class SpoolWriter:
         if self._on_segment is not None:
             self._on_segment(segment)
 
+    def add(self, data: bytes, entries: int) -> None:
+        """Spool ``data``, which frames the first ``entries`` entries (unless given up)."""
+        if self._segments is not None:
+            self._write(data, entries)
+
+    def stored(self, entries: int) -> Segments | None:
+        """The segments, each made to wait for all ``entries`` of the layer: the spool of
+        a compressed layer, whose bytes can't be matched to entries."""
+        if self._segments is None:
+            return None
+        return tuple(Segment(entries, s.offset, s.size) for s in self._segments)
+
     def adopt(self, segments: Segments, entries: int, spool: int) -> None:
         """Append a part of the layer spooled by a helper into spool number ``spool``,
         its entries coming after the ``entries`` framed here."""

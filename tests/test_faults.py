@@ -136,8 +136,13 @@ def check_late_change(
     assert_failed(status, stdout, stderr, 1, f"{victim.parent.name}/zz-victim", "changed")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--spool-max", "0"), ("--compress", "gzip")],
+    ids=["spooled", "framed-again", "gzip-spooled"],
+)
 def test_file_changed_between_passes_in_process_fails(
-    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
 ) -> None:
     victim = store.root / store.layers[1][0] / "bin" / "hello"
     original = HashPass.result
@@ -151,7 +156,7 @@ def test_file_changed_between_passes_in_process_fails(
         return hashed
 
     monkeypatch.setattr(HashPass, "result", result_then_change)
-    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar")
+    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar", *args)
     assert_failed(status, b"", stderr, 1, "bin/hello", "changed between the hash pass")
     assert not (tmp_path / "image.tar").exists()
 

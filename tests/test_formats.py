@@ -133,6 +133,28 @@ def test_gzip_output_is_the_same_bytes_on_every_run(
     assert runs[0].stdout == runs[1].stdout
 
 
+@pytest.mark.parametrize("fixture_id", ["sizes", "many-paths", "from-image"])
+@pytest.mark.parametrize(
+    "args",
+    [["--compress", "gzip"], ["--format", "oci", "--compress", "gzip:3"]],
+    ids=["docker-gzip", "oci-gzip3"],
+)
+def test_a_compressed_layer_copied_from_its_spool_is_the_one_compressed_again(
+    fixture_store: FixtureStore, tool_cmd: list[str], args: list[str], fixture_id: str
+) -> None:
+    # By default the hash pass of a compressed layer spools its compressed bytes and the
+    # stream pass copies them; with --spool-max 0 the stream pass frames and compresses
+    # the layer again. The two must be the same bytes.
+    spooled = fixture_store.run(tool_cmd, fixture_id, [*args, "-v"])
+    assert spooled.returncode == 0, spooled.stderr
+    again = fixture_store.run(tool_cmd, fixture_id, [*args, "--spool-max", "0"])
+    assert again.returncode == 0, again.stderr
+    assert spooled.stdout == again.stdout
+    timeline = [line for line in spooled.stderr.splitlines() if "  layer " in line]
+    assert timeline
+    assert all("(spool " in line for line in timeline)
+
+
 def test_oci_dir_holds_the_same_files_as_the_oci_archive(
     tmp_path: Path, fixture_store: FixtureStore, tool_cmd: list[str]
 ) -> None:
