@@ -23,6 +23,7 @@ from anyio.from_thread import check_cancelled
 
 from streamimage.baseimage import BaseImage, BaseLayer
 from streamimage.customisation import Customisation
+from streamimage.hashpass import HashPass, Timeline
 from streamimage.imagejson import (
     MEDIA_TYPE_LAYER,
     MEDIA_TYPE_LAYER_GZIP,
@@ -31,7 +32,7 @@ from streamimage.imagejson import (
     LayerRecord,
 )
 from streamimage.layer import Chunk
-from streamimage.pipeline import ContentHash, HashPass, Timeline, hash_chunks
+from streamimage.pipeline import ContentHash, hash_chunks
 from streamimage.report import Reporter
 from streamimage.spec import UNCOMPRESSED, Compression, Conf, Options
 from streamimage.spool import spool_budget

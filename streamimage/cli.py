@@ -27,8 +27,9 @@ from streamimage.baseimage import open_base_image
 from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
+from streamimage.hashpass import cpu_workers
 from streamimage.oci import write_oci_archive, write_oci_dir
-from streamimage.pipeline import FdSink, cpu_workers, grow_pipe
+from streamimage.pipeline import FdSink, grow_pipe
 from streamimage.report import Reporter
 from streamimage.spec import (
     FORMAT_DOCKER,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 import anyio
 
-from streamimage.pipeline import Timeline
+from streamimage.hashpass import Timeline
 
 if TYPE_CHECKING:
     from tqdm import tqdm

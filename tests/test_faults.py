@@ -25,7 +25,8 @@ from streamimage import cli, layer, pipeline
 from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ChangedError, OutputError, StoreError
-from streamimage.pipeline import Batch, FdSink, HashPass
+from streamimage.hashpass import HashPass
+from streamimage.pipeline import Batch, FdSink
 from streamimage.report import Reporter
 from streamimage.spec import Options, parse_conf
 from streamimage.walk import Entry

@@ -24,8 +24,8 @@ from streamimage import layer
 from streamimage.customisation import open_customisation
 from streamimage.docker import write_docker_archive
 from streamimage.errors import ChangedError, OutputError
+from streamimage.hashpass import hash_layer_blocking, hash_layer_head
 from streamimage.layer import Chunk, FileSpan, layer_chunks
-from streamimage.pipeline import hash_layer_blocking, hash_layer_head
 from streamimage.report import Reporter
 from streamimage.spec import Options, parse_conf
 from streamimage.spool import (
