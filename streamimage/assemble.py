@@ -191,9 +191,14 @@ async def write_layers(
                 reporter.line(f"Creating layer {len(records) + 1} from paths: {list(paths)!r}")
                 result = await hashes.result(index)
                 blob = Descriptor(media_type, result.blob_digest, result.blob_size)
-                stored = result.stored and result.segments is not None
                 planned = PlannedLayer(
-                    STORE, result.diff_id, result.size, blob, compression, paths, stored=stored
+                    STORE,
+                    result.diff_id,
+                    result.size,
+                    blob,
+                    compression,
+                    paths,
+                    stored=result.stored,
                 )
                 timelines[index].stream_start = time.monotonic()
                 found_name = writer.existing(planned)

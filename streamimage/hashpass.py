@@ -127,8 +127,9 @@ async def _hash_stored(
     await sink.close()
     segments = writer.stored(len(witness))
     spooled = 0 if segments is None else writer.size
+    stored = segments is not None
     return LayerHash(
-        plain.diff_id, plain.written, witness, blob.diff_id, blob.written, segments, spooled, True
+        plain.diff_id, plain.written, witness, blob.diff_id, blob.written, segments, spooled, stored
     )
 
 
@@ -152,8 +153,7 @@ def hash_layer_blocking(
     witness, writer, framed = _framed(store_paths, encoder, spool)
     sink = HashSink()
     sink.hash_batch(framed, _no_checkpoint)
-    found = ContentHash(sink.diff_id, sink.written, sink.diff_id, sink.written)
-    return _layer_hash(found, witness, writer)
+    return _layer_hash(sink.uncompressed(), witness, writer)
 
 
 def hash_layer_head(
@@ -191,8 +191,7 @@ def hash_layer_head(
         total = len(witness) + record
     end = end_of_archive(sink.written)
     sink.hash_batch(writer.tee(iter([end]), lambda: total), _no_checkpoint)
-    found = ContentHash(sink.diff_id, sink.written, sink.diff_id, sink.written)
-    return _layer_hash(found, witness, writer)
+    return _layer_hash(sink.uncompressed(), witness, writer)
 
 
 @dataclass(slots=True)

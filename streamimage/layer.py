@@ -238,4 +238,4 @@ class LayerHash:
     blob_size: int
     segments: Segments | None = None  # the layer as spooled, if it was
     spooled: int = 0  # bytes in the spool
-    stored: bool = False  # the spool holds the layer as stored (compressed), not framed
+    stored: bool = False  # spooled as stored (compressed), not as framed: copy, don't compress

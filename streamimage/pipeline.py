@@ -197,6 +197,10 @@ class HashSink:
     def diff_id(self) -> Digest:
         return Digest(self._digest.hexdigest())
 
+    def uncompressed(self) -> ContentHash:
+        """What was hashed, as a content stored uncompressed."""
+        return ContentHash(self.diff_id, self.written, self.diff_id, self.written)
+
 
 @dataclass(frozen=True, slots=True)
 class ContentHash:
@@ -220,7 +224,7 @@ async def hash_chunks(
     plain = HashSink()
     if not compression.enabled:
         await stream_chunks(chunks, plain)
-        return ContentHash(plain.diff_id, plain.written, plain.diff_id, plain.written)
+        return plain.uncompressed()
     blob = HashSink()
     sink = CompressingSink(blob, compression, observe=plain.update)
     await stream_chunks(chunks, sink)

@@ -57,8 +57,8 @@ class SpoolTarget:
 
 def pieces(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     """``chunks``, their bytes joined into pieces of about PIECE bytes (large files'
-    FileSpans pass as they are): fewer, larger updates for a hash in another thread, and
-    whole pieces for the spool."""
+    FileSpans pass as they are): fewer, larger hash updates, and whole pieces for the
+    spool."""
     pending: list[bytes] = []
     held = 0
     for chunk in chunks:
@@ -183,15 +183,12 @@ def write_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def _read(fd: int, segment: Segment) -> bytes:
-    return read_exactly(fd, segment.offset, segment.size)
-
-
-def read_exactly(fd: int, offset: int, size: int) -> bytes:
-    """``size`` bytes of the spool ``fd`` from ``offset``.
+    """The bytes of ``segment`` from the spool ``fd``.
 
     Raises:
         OSError: it is shorter (EIO) or can't be read.
     """
+    offset, size = segment.offset, segment.size
     data = os.pread(fd, size, offset)
     while len(data) < size:
         more = os.pread(fd, size - len(data), offset + len(data))
