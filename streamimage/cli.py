@@ -23,27 +23,26 @@ import anyio
 import anyio.to_thread
 
 from streamimage import __version__
-from streamimage.baseimage import open_base_image
-from streamimage.customisation import open_customisation
-from streamimage.docker import write_docker_archive
+from streamimage.destinations.dockerarchive import write_docker_archive
+from streamimage.destinations.ociarchive import write_oci_archive
+from streamimage.destinations.ocidir import write_oci_dir
+from streamimage.engine.pipeline import STDOUT, FdSink, grow_pipe
+from streamimage.engine.workers import cpu_workers
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
-from streamimage.hashpass import cpu_workers
-from streamimage.oci import write_oci_archive, write_oci_dir
-from streamimage.pipeline import FdSink, grow_pipe
-from streamimage.report import Reporter
-from streamimage.spec import (
+from streamimage.image import Build, Image
+from streamimage.layers.base import open_base_image
+from streamimage.layers.customisation import open_customisation
+from streamimage.options import (
     FORMAT_DOCKER,
     FORMAT_OCI,
     FORMAT_OCI_DIR,
     FORMATS,
-    Conf,
     Options,
     parse_compression,
-    parse_conf,
     parse_size,
 )
-
-STDOUT = 1
+from streamimage.report import Reporter
+from streamimage.spec import Conf, parse_conf
 
 
 class Interrupted(StreamImageError):
@@ -207,17 +206,20 @@ async def run(
         base = await anyio.to_thread.run_sync(open_base_image, conf.from_image)
     try:
         customisation = await anyio.to_thread.run_sync(open_customisation, conf.customisation_layer)
+        image = Image(Build(conf, options, base, customisation, reporter))
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
             tg.start_soon(reporter.show_progress, opened if opened is not None else [])
             if options.format == FORMAT_OCI_DIR:
                 assert output is not None  # main checks
-                await write_oci_dir(conf, base, customisation, output, reporter, options)
+                written = await write_oci_dir(image, output)
             else:
                 write = write_oci_archive if options.format == FORMAT_OCI else write_docker_archive
                 with open_output(output, opened) as sink:
-                    await write(conf, base, customisation, sink, reporter, options)
+                    await write(image, sink)
+                written = sink.written
             tg.cancel_scope.cancel()
+        reporter.done(len(image.layers), written, image.timelines)
     finally:
         if base is not None:
             base.close()

@@ -112,6 +112,23 @@ MEDIA_TYPE_LAYER_ZSTD = MEDIA_TYPE_LAYER + "+zstd"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"  # the tag (image-layout.md)
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"  # the full name:tag (containerd, docker)
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'  # the oci-layout file (image-layout.md)
+_LAYER_MEDIA_TYPES = {
+    "none": MEDIA_TYPE_LAYER,
+    "gzip": MEDIA_TYPE_LAYER_GZIP,
+    "zstd": MEDIA_TYPE_LAYER_ZSTD,
+}
+
+
+def layer_media_type_of(codec: str) -> str:
+    """The OCI media type of a layer tar stored with ``codec`` (none, gzip, zstd).
+
+    Raises:
+        ValueError: a codec with no OCI media type.
+    """
+    try:
+        return _LAYER_MEDIA_TYPES[codec]
+    except KeyError:
+        raise ValueError(f"no OCI layer media type for compression {codec!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 import anyio
 
-from streamimage.hashpass import Timeline
+from streamimage.engine.timeline import Timeline
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -94,10 +94,18 @@ class Reporter:
             self._bar = None
             bar.close()
 
-    def timeline(self, labels: Sequence[str], timelines: Sequence[Timeline]) -> None:
+    def done(self, layers: int, size: int, timelines: Sequence[Timeline]) -> None:
+        """The end of a run that wrote ``layers`` layers in ``size`` bytes: the reference's
+        last line, each store layer's timeline with ``-v``, and the summary."""
+        self.line("Done.")
+        self._timeline(timelines)
+        self._summary(layers, size)
+
+    def _timeline(self, timelines: Sequence[Timeline]) -> None:
         if not self._verbose:
             return
-        for label, t in zip(labels, timelines, strict=True):
+        for number, t in enumerate(timelines, start=1):
+            label = f"layer {number}"
             hash_pass = f"{t.hash_start - self._start:7.3f}-{t.hash_end - self._start:7.3f}s"
             stream = f"{t.stream_start - self._start:7.3f}-{t.stream_end - self._start:7.3f}s"
             source = "framed again" if t.spooled is None else f"spool {t.spooled / 1e6:.1f} MB"
@@ -105,7 +113,7 @@ class Reporter:
                 source += f", hashed in {t.parts} processes"
             self.line(f"  {label}: hash {hash_pass}  stream {stream}  ({source})")
 
-    def summary(self, layers: int, size: int) -> None:
+    def _summary(self, layers: int, size: int) -> None:
         seconds = time.monotonic() - self._start
         rate = size / seconds / 1e6 if seconds > 0 else 0.0
         self.line(

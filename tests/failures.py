@@ -18,10 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.lowlevel
+
+from streamimage.destinations.dockerarchive import write_docker_archive
+from streamimage.engine.framing import FileSpan, read_span
+from streamimage.engine.pipeline import Batch, Sink
+from streamimage.errors import OutputError
+from streamimage.image import Build, Image
+from streamimage.layers.customisation import open_customisation
+from streamimage.options import Options
+from streamimage.report import Reporter
+from streamimage.spec import parse_conf
 from tests import storegen
 
 ERROR_PREFIX = "streamimage: error:"
 NOBODY = 65534
+STOP_BOUND = 10.0  # seconds: only a hang takes this long (a prompt exit takes < 1 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +161,39 @@ os.setuid({NOBODY})
 sys.exit(cli.main(sys.argv[1:]))
 """
     return [sys.executable, "-c", program, *argv]
+
+
+class FailingSink:
+    """A sink that takes ``limit`` bytes, then fails like a closed pipe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.written = 0
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        await self.write_batch([data])
+
+    async def write_batch(self, batch: Batch) -> None:
+        for chunk in batch:
+            if isinstance(chunk, FileSpan):
+                content = bytearray()
+                read_span(chunk, content.extend)
+                chunk = bytes(content)
+            if self.written + len(chunk) > self.limit:
+                raise OutputError("test sink: the reader went away")
+            self.data += chunk
+            self.written += len(chunk)
+            await anyio.lowlevel.checkpoint()
+
+
+def image_of(conf: dict[str, Any], options: Options) -> Image:
+    """The Image of a conf (run from its store's root), with a Reporter on a StringIO."""
+    checked = parse_conf(conf, "conf")
+    customisation = open_customisation(checked.customisation_layer)
+    return Image(Build(checked, options, None, customisation, Reporter(io.StringIO())))
+
+
+async def build_docker_archive(conf: dict[str, Any], sink: Sink, options: Options) -> None:
+    """Write the docker-archive of ``conf`` to ``sink``, in this process."""
+    await write_docker_archive(image_of(conf, options), sink)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -21,22 +21,32 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from streamimage import cli, layer, pipeline
-from streamimage.customisation import open_customisation
-from streamimage.docker import write_docker_archive
+from streamimage import cli
+from streamimage.engine import framing, pipeline
+from streamimage.engine.framing import FileSpan
+from streamimage.engine.hashing import LayerHash
+from streamimage.engine.pipeline import FdSink, Sink
+from streamimage.engine.scheduler import HashPass
+from streamimage.engine.walk import Entry, walk_store_path
 from streamimage.errors import ChangedError, OutputError, StoreError
-from streamimage.hashpass import HashPass
-from streamimage.pipeline import Batch, FdSink
-from streamimage.report import Reporter
-from streamimage.spec import Options, parse_conf
-from streamimage.walk import Entry
+from streamimage.options import Options
 from tests import storegen
-from tests.failures import Store, assert_failed, assert_run_failed, make_store, run, tool_env
+from tests.failures import (
+    STOP_BOUND,
+    FailingSink,
+    Store,
+    assert_failed,
+    assert_run_failed,
+    build_docker_archive,
+    make_store,
+    run,
+    tool_env,
+)
 
 BLOCK = 512  # tar block
-SMALL_FILE = 60 * 1024  # bytes: below layer.INLINE_MAX, so read inline by the producer
+SMALL_FILE = 60 * 1024  # bytes: below framing.INLINE_MAX, so read inline by the producer
 FILLER_FILES = 200  # 12 MB of small files: far more than the pipeline buffers ahead
-STOP_BOUND = 10.0  # seconds: only a hang takes this long (a prompt exit takes < 1 s)
+HASH_IN = ["process", "thread"]  # forked workers (the default), and threads of the tool
 
 
 @pytest.fixture
@@ -137,18 +147,23 @@ def check_late_change(
     assert_failed(status, stdout, stderr, 1, f"{victim.parent.name}/zz-victim", "changed")
 
 
+@pytest.mark.parametrize("hash_in", HASH_IN)
 @pytest.mark.parametrize(
     "args",
     [(), ("--spool-max", "0"), ("--compress", "gzip")],
     ids=["spooled", "framed-again", "gzip-spooled"],
 )
 def test_file_changed_between_passes_in_process_fails(
-    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...]
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    hash_in: str,
 ) -> None:
     victim = store.root / store.layers[1][0] / "bin" / "hello"
     original = HashPass.result
 
-    async def result_then_change(self: HashPass, index: int) -> layer.LayerHash:
+    async def result_then_change(self: HashPass, index: int) -> LayerHash:
         hashed = await original(self, index)
         if index == 1:  # hashed, not yet streamed
             mode = victim.stat().st_mode
@@ -157,7 +172,8 @@ def test_file_changed_between_passes_in_process_fails(
         return hashed
 
     monkeypatch.setattr(HashPass, "result", result_then_change)
-    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar", *args)
+    output = tmp_path / "image.tar"
+    status, stderr = main_in_process(store, monkeypatch, output, "--hash-in", hash_in, *args)
     assert_failed(status, b"", stderr, 1, "bin/hello", "changed between the hash pass")
     assert not (tmp_path / "image.tar").exists()
 
@@ -165,12 +181,13 @@ def test_file_changed_between_passes_in_process_fails(
 def main_in_process(
     store: Store, monkeypatch: pytest.MonkeyPatch, output: Path, *args: str
 ) -> tuple[int, str]:
-    """cli.main in this process (hash passes in threads, to see the monkeypatches)."""
+    """cli.main in this process: its hash passes (forked workers, as by default, or
+    threads with ``--hash-in thread``) see the monkeypatches."""
     store.write_conf()
     monkeypatch.chdir(store.root)
     errors = io.StringIO()
     monkeypatch.setattr("sys.stderr", errors)
-    argv = [storegen.CONF_NAME, "-o", str(output), "--hash-in", "thread", *args]
+    argv = [storegen.CONF_NAME, "-o", str(output), *args]
     return cli.main(argv), errors.getvalue()
 
 
@@ -181,28 +198,31 @@ def make_big_file(store: Store, size: int) -> Path:
     return big
 
 
+@pytest.mark.parametrize("hash_in", HASH_IN)
 def test_file_changed_while_hashed_fails(
-    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hash_in: str
 ) -> None:
-    big = make_big_file(store, 3 * layer.READ_SIZE)
-    calls = 0
-    original = pipeline.check_cancelled  # type: ignore[attr-defined]
+    big = make_big_file(store, 3 * framing.READ_SIZE)
+    original = framing.read_pieces
 
-    def checkpoint_then_change() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:  # one READ_SIZE of the big file hashed
-            with big.open("r+b") as file:
-                file.write(b"changed")
-        original()
+    def read_then_change(
+        span: FileSpan, checkpoint: Callable[[], None] = framing.no_checkpoint
+    ) -> Iterator[memoryview]:
+        for count, piece in enumerate(original(span, checkpoint)):
+            yield piece
+            if count == 0 and span.path.endswith("big.bin"):  # one READ_SIZE hashed
+                with big.open("r+b") as file:
+                    file.write(b"changed")
 
-    monkeypatch.setattr(pipeline, "check_cancelled", checkpoint_then_change)
-    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar")
+    monkeypatch.setattr(framing, "read_pieces", read_then_change)
+    output = tmp_path / "image.tar"
+    status, stderr = main_in_process(store, monkeypatch, output, "--hash-in", hash_in)
     assert_failed(status, b"", stderr, 1, "lib/big.bin", "changed while being archived")
 
 
+@pytest.mark.parametrize("hash_in", HASH_IN)
 def test_file_changed_while_sent_fails(
-    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hash_in: str
 ) -> None:
     big = make_big_file(store, pipeline.SEND_SIZE + 1)
     original = FdSink._send_some
@@ -215,7 +235,8 @@ def test_file_changed_while_sent_fails(
         return sent
 
     monkeypatch.setattr(FdSink, "_send_some", send_then_change)
-    status, stderr = main_in_process(store, monkeypatch, tmp_path / "image.tar")
+    output = tmp_path / "image.tar"
+    status, stderr = main_in_process(store, monkeypatch, output, "--hash-in", hash_in)
     assert_failed(status, b"", stderr, 1, "lib/big.bin", "changed while being archived")
 
 
@@ -303,35 +324,9 @@ def test_signal_stops_a_run_blocked_on_its_reader(
 # --- in-process fault injection into the pipeline ------------------------------------
 
 
-class FailingSink:
-    """A sink that takes ``limit`` bytes, then fails like a closed pipe."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.written = 0
-        self.data = bytearray()
-
-    async def write(self, data: bytes) -> None:
-        await self.write_batch([data])
-
-    async def write_batch(self, batch: Batch) -> None:
-        for chunk in batch:
-            if isinstance(chunk, layer.FileSpan):
-                content = bytearray()
-                layer.read_span(chunk, content.extend)
-                chunk = bytes(content)
-            if self.written + len(chunk) > self.limit:
-                raise OutputError("test sink: the reader went away")
-            self.data += chunk
-            self.written += len(chunk)
-            await anyio.lowlevel.checkpoint()
-
-
-async def build(store: Store, sink: pipeline.Sink) -> None:
-    conf = parse_conf(store.conf, "conf")
-    customisation = open_customisation(conf.customisation_layer)
-    options = Options(hash_workers=2, hash_in_processes=False)
-    await write_docker_archive(conf, None, customisation, sink, Reporter(io.StringIO()), options)
+async def build(store: Store, sink: Sink, processes: bool = False) -> None:
+    options = Options(hash_workers=2, hash_in_processes=processes)
+    await build_docker_archive(store.conf, sink, options)
 
 
 @pytest.fixture
@@ -340,18 +335,22 @@ def in_store(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
     return store
 
 
+@pytest.mark.parametrize("processes", [True, False], ids=HASH_IN)
 @pytest.mark.parametrize("limit", [0, 700, 10 * BLOCK, 30000])
-async def test_sink_failing_after_n_bytes_ends_cleanly(in_store: Store, limit: int) -> None:
+async def test_sink_failing_after_n_bytes_ends_cleanly(
+    in_store: Store, limit: int, processes: bool
+) -> None:
     sink = FailingSink(limit)
     with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(OutputError, flatten_subgroups=True):
-        await build(in_store, sink)
+        await build(in_store, sink, processes)
     assert sink.written <= limit
 
 
+@pytest.mark.parametrize("processes", [True, False], ids=HASH_IN)
 async def test_walk_raising_mid_layer_ends_cleanly(
-    in_store: Store, monkeypatch: pytest.MonkeyPatch
+    in_store: Store, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
-    original = layer.walk_store_path  # type: ignore[attr-defined]
+    original = walk_store_path  # what framing calls, until patched
 
     def walk_then_fail(store_path: str) -> Iterator[Entry]:
         for count, entry in enumerate(original(store_path)):
@@ -359,10 +358,10 @@ async def test_walk_raising_mid_layer_ends_cleanly(
                 raise StoreError(f"{entry.path}: injected failure")
             yield entry
 
-    monkeypatch.setattr(layer, "walk_store_path", walk_then_fail)
+    monkeypatch.setattr(framing, "walk_store_path", walk_then_fail)
     sink = FailingSink(1 << 30)
     with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(StoreError, flatten_subgroups=True):
-        await build(in_store, sink)
+        await build(in_store, sink, processes)
     assert b"manifest.json" not in bytes(sink.data)
 
 
@@ -391,13 +390,14 @@ async def test_slow_reader_gets_the_whole_image(in_store: Store) -> None:
         assert image.getnames()[-1] == "manifest.json"
 
 
+@pytest.mark.parametrize("processes", [True, False], ids=HASH_IN)
 async def test_changed_error_is_raised_not_written(
-    in_store: Store, monkeypatch: pytest.MonkeyPatch
+    in_store: Store, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
     victim = in_store.root / in_store.layers[0][0] / "lib" / "libgreet.so.1"
     original = HashPass.result
 
-    async def result_then_change(self: HashPass, index: int) -> layer.LayerHash:
+    async def result_then_change(self: HashPass, index: int) -> LayerHash:
         hashed = await original(self, index)
         os.utime(victim, ns=(0, 0))
         return hashed
@@ -405,5 +405,5 @@ async def test_changed_error_is_raised_not_written(
     monkeypatch.setattr(HashPass, "result", result_then_change)
     sink = FailingSink(1 << 30)
     with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(ChangedError, flatten_subgroups=True):
-        await build(in_store, sink)
+        await build(in_store, sink, processes)
     assert b"manifest.json" not in bytes(sink.data)

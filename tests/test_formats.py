@@ -9,26 +9,20 @@ gzip output is the same bytes on every run. Real clients are in test_clients_oci
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
 import anyio
 import pytest
 
-from streamimage.compress import GZIP_HEADER, GzipEncoder, gzip_bytes
-from streamimage.customisation import open_customisation
-from streamimage.errors import OutputError, UsageError
-from streamimage.layer import Chunk, FileSpan
-from streamimage.oci import write_oci_archive
-from streamimage.pipeline import hash_chunks
-from streamimage.report import Reporter
-from streamimage.spec import UNCOMPRESSED, Compression, Options, parse_compression, parse_conf
+from streamimage.destinations.ociarchive import write_oci_archive
+from streamimage.errors import OutputError
+from streamimage.options import Compression, Options
 from tests import storegen
 from tests.conftest import FixtureStore
+from tests.failures import FailingSink, image_of
 from tests.images import (
     OciImage,
     blob_name,
@@ -42,11 +36,11 @@ from tests.images import (
     tar_names,
     uncompressed,
 )
-from tests.test_faults import FailingSink
 
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = LAYER + "+gzip"
 OCI_ORDER_TAIL = ["index.json", "oci-layout", "manifest.json"]
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # RFC 1952: no name, mtime 0, OS 255
 
 
 def _check_oci_image(image: OciImage, compressed: bool) -> None:
@@ -276,74 +270,15 @@ def test_base_image_may_be_an_oci_archive_or_a_dual_archive(
         assert image.manifest["layers"][:base_count] == base.manifest["layers"]
 
 
-def test_gzip_encoder_is_gzip_with_fixed_header_fields() -> None:
-    for data in (b"", b"x", os.urandom(3000) * 50):
-        blob = gzip_bytes(data)
-        assert blob[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # mtime 0, OS 255
-        assert gzip.decompress(blob) == data
-        assert gzip_bytes(data) == blob
-
-
-async def test_hash_pass_compresses_large_files_as_the_stream_pass_will(tmp_path: Path) -> None:
-    # A file larger than a flush (FLUSH_BYTES) goes through the compressor in reads.
-    path = tmp_path / "big"
-    data = (os.urandom(1 << 16) + bytes(1 << 16)) * 40  # 5 MiB, half compressible
-    path.write_bytes(data)
-    st = path.stat()
-    span = FileSpan(
-        str(path), st.st_size, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-    )
-    chunks: list[Chunk] = [b"head" * 100, span, b"tail"]
-    found = await hash_chunks(iter(chunks), Compression("gzip", 1))
-    whole = b"head" * 100 + data + b"tail"
-    assert found.diff_id.hex == hashlib.sha256(whole).hexdigest()
-    assert found.size == len(whole)
-    assert found.blob_digest.hex == hashlib.sha256(gzip_bytes(whole, 1)).hexdigest()
-    assert found.blob_size == len(gzip_bytes(whole, 1))
-    plain = await hash_chunks(iter(chunks), UNCOMPRESSED)
-    assert (plain.blob_digest, plain.blob_size) == (found.diff_id, len(whole))
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("none", UNCOMPRESSED),
-        ("gzip", Compression("gzip", 1)),
-        ("gzip:0", Compression("gzip", 0)),
-        ("gzip:3", Compression("gzip", 3)),
-    ],
-)
-def test_compress_option_parses_codec_and_level(text: str, expected: Compression) -> None:
-    assert parse_compression(text) == expected
-
-
-@pytest.mark.parametrize("text", ["none:1", "gzip:", "gzip:4", "gzip:x", "xz"])
-def test_compress_option_rejects_other_values(text: str) -> None:
-    with pytest.raises(UsageError):
-        parse_compression(text)
-
-
-@pytest.mark.parametrize("piece", [1, 511, 4096, 300_000, 1 << 20])
-def test_gzip_bytes_do_not_depend_on_how_the_input_is_split(piece: int) -> None:
-    # ISA-L's output depends on its call boundaries; the encoder re-cuts its input so
-    # that the hash pass (whole reads) and the stream pass give the same bytes.
-    data = (os.urandom(1 << 15) + b"abc" * 30_000) * 12
-    encoder = GzipEncoder(1)
-    view = memoryview(data)
-    pieces = [encoder.compress(view[i : i + piece]) for i in range(0, len(data), piece)]
-    assert b"".join(pieces) + encoder.finish() == gzip_bytes(data, 1)
-
-
 @pytest.mark.parametrize("limit", [0, 5000, 200_000])
 async def test_gzip_stream_into_a_failing_sink_raises_output_error(
     fixture_store: FixtureStore, monkeypatch: pytest.MonkeyPatch, limit: int
 ) -> None:
     built = fixture_store.get("sizes")  # large files: spans read through the compressor
     monkeypatch.chdir(built.root)
-    conf = parse_conf(json.loads(built.conf.read_text()), "conf")
-    customisation = open_customisation(conf.customisation_layer)
     options = Options(hash_in_processes=False, format="oci", compression=Compression("gzip", 1))
+    image = image_of(json.loads(built.conf.read_text()), options)
     sink = FailingSink(limit)
     failed = pytest.RaisesGroup(OutputError, allow_unwrapped=True, flatten_subgroups=True)
     with anyio.fail_after(30), failed:
-        await write_oci_archive(conf, None, customisation, sink, Reporter(io.StringIO()), options)
+        await write_oci_archive(image, sink)

@@ -20,31 +20,35 @@ from pathlib import Path
 
 import pytest
 
-from streamimage import layer
-from streamimage.customisation import open_customisation
-from streamimage.docker import write_docker_archive
-from streamimage.errors import ChangedError, OutputError
-from streamimage.hashpass import hash_layer_blocking, hash_layer_head
-from streamimage.layer import Chunk, FileSpan, layer_chunks
-from streamimage.report import Reporter
-from streamimage.spec import Options, parse_conf
-from streamimage.spool import (
+from streamimage.engine import framing
+from streamimage.engine.framing import Chunk, FileSpan, layer_chunks, read_span
+from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
+from streamimage.engine.spool import (
     PIECE,
     Segment,
     SpoolBudget,
-    SpoolTarget,
+    SpoolFile,
     spool_part,
     spooled_chunks,
 )
+from streamimage.engine.walk import Entry
+from streamimage.errors import ChangedError, OutputError
+from streamimage.options import UNCOMPRESSED, Options
 from streamimage.tarheader import HeaderEncoder
-from streamimage.walk import Entry
 from tests import storegen
-from tests.failures import Store, assert_run_failed, make_store, run
-from tests.test_faults import STOP_BOUND, FailingSink
+from tests.failures import (
+    STOP_BOUND,
+    FailingSink,
+    Store,
+    assert_run_failed,
+    build_docker_archive,
+    make_store,
+    run,
+)
 
 ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
 SMALL_FILES = 300  # of 4 KiB: the layer frames more than one PIECE
-BIG_FILE = 3 * layer.INLINE_MAX  # a FileSpan, sent from the store, never spooled
+BIG_FILE = 3 * framing.INLINE_MAX  # a FileSpan, sent from the store, never spooled
 
 
 @pytest.fixture
@@ -74,7 +78,7 @@ def framed(paths: list[str]) -> bytes:
     out = bytearray()
     for chunk in layer_chunks(paths, ENCODER, lambda entry: None):
         if isinstance(chunk, FileSpan):
-            layer.read_span(chunk, out.extend)
+            read_span(chunk, out.extend)
         else:
             out += chunk
     return bytes(out)
@@ -84,15 +88,25 @@ def unspool(fd: int, segments: tuple[Segment, ...]) -> bytes:
     out = bytearray()
     for segment in segments:
         if segment.span is not None:
-            layer.read_span(segment.span, out.extend)
+            read_span(segment.span, out.extend)
         else:
             out += os.pread(fd, segment.size, segment.offset)
     return bytes(out)
 
 
-def target(fd: int, total: int = 1 << 30) -> SpoolTarget:
-    """A spool target of its own budget of ``total`` bytes."""
-    return SpoolTarget(fd, SpoolBudget("/nonexistent", total, 1), 0)
+def target(fd: int, total: int = 1 << 30) -> SpoolFile:
+    """A spool file of its own budget of ``total`` bytes."""
+    return SpoolFile(fd, SpoolBudget("/nonexistent", total, 1), 0)
+
+
+def hashed(paths: list[str], spool: SpoolFile | None = None) -> LayerHash:
+    """The uncompressed hash pass of ``paths``, in this process."""
+    return hash_layer(paths, ENCODER, UNCOMPRESSED, spool)
+
+
+def spool_of(result: LayerHash) -> Spooled:
+    assert result.spooled is not None
+    return result.spooled
 
 
 @pytest.fixture
@@ -104,26 +118,27 @@ def spool_fd(tmp_path: Path) -> Iterator[int]:
 
 def test_the_spooled_layer_is_the_framed_layer(store: Store, spool_fd: int) -> None:
     paths = big_layer(store)
-    result = hash_layer_blocking(paths, ENCODER, spool=target(spool_fd))
-    assert result.segments is not None
+    result = hashed(paths, target(spool_fd))
+    spooled = spool_of(result)
     whole = framed(paths)
-    assert unspool(spool_fd, result.segments) == whole
+    assert unspool(spool_fd, spooled.segments) == whole
     assert result.size == len(whole)
     # only headers and small files are spooled: the large file stays in the store
-    assert result.spooled == len(whole) - BIG_FILE == os.fstat(spool_fd).st_size
-    assert [s.span.size for s in result.segments if s.span is not None] == [BIG_FILE]
-    counts = [s.entries for s in result.segments]
+    assert spooled.size == len(whole) - BIG_FILE == os.fstat(spool_fd).st_size
+    assert not spooled.compressed
+    assert [s.span.size for s in spooled.segments if s.span is not None] == [BIG_FILE]
+    counts = [s.entries for s in spooled.segments]
     assert counts == sorted(counts)
     assert counts[-1] == len(result.witness)
-    assert max(s.size for s in result.segments if s.span is None) < PIECE + 2 * layer.CHUNK_TARGET
+    largest = max(s.size for s in spooled.segments if s.span is None)
+    assert largest < PIECE + 2 * framing.CHUNK_TARGET
 
 
 def test_over_its_limit_a_pass_gives_up_spooling(store: Store, spool_fd: int) -> None:
     paths = big_layer(store)
-    result = hash_layer_blocking(paths, ENCODER, spool=target(spool_fd, PIECE))
-    plain = hash_layer_blocking(paths, ENCODER)
-    assert result.segments is None
-    assert result.spooled == 0
+    result = hashed(paths, target(spool_fd, PIECE))
+    plain = hashed(paths)
+    assert result.spooled is None
     assert os.fstat(spool_fd).st_size == 0  # the space is given back at once
     assert (result.diff_id, result.size) == (plain.diff_id, plain.size)
 
@@ -132,23 +147,21 @@ def test_a_failed_spool_write_gives_up_spooling(store: Store) -> None:
     paths = big_layer(store)
     full = os.open("/dev/full", os.O_WRONLY)  # every write fails
     try:
-        result = hash_layer_blocking(paths, ENCODER, spool=target(full))
+        result = hashed(paths, target(full))
     finally:
         os.close(full)
-    assert result.segments is None
-    assert result.diff_id == hash_layer_blocking(paths, ENCODER).diff_id
+    assert result.spooled is None
+    assert result.diff_id == hashed(paths).diff_id
 
 
-def spooled(store: Store, fd: int) -> tuple[list[str], layer.LayerHash]:
+def spooled(store: Store, fd: int) -> tuple[list[str], LayerHash, tuple[Segment, ...]]:
     paths = big_layer(store)
-    result = hash_layer_blocking(paths, ENCODER, spool=target(fd))
-    assert result.segments is not None
-    return paths, result
+    result = hashed(paths, target(fd))
+    return paths, result, spool_of(result).segments
 
 
 def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spool_fd: int) -> None:
-    paths, result = spooled(store, spool_fd)
-    assert result.segments is not None
+    paths, result, segments = spooled(store, spool_fd)
     checked: list[str] = []
 
     def on_entry(entry: Entry) -> None:
@@ -157,7 +170,7 @@ def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spoo
 
     out = bytearray()
     for segment, chunk in zip(
-        result.segments, spooled_chunks([spool_fd], result.segments, paths, on_entry), strict=True
+        segments, spooled_chunks([spool_fd], segments, paths, on_entry), strict=True
     ):
         assert len(checked) >= segment.entries
         out += chunk if isinstance(chunk, bytes) else b"<span>"
@@ -175,8 +188,7 @@ def drain(chunks: Iterator[Chunk], into: bytearray) -> None:
 def test_a_store_changed_after_the_hash_pass_fails_the_stream_pass(
     store: Store, spool_fd: int, change: str
 ) -> None:
-    paths, result = spooled(store, spool_fd)
-    assert result.segments is not None
+    paths, result, segments = spooled(store, spool_fd)
     lib = Path(paths[0]) / "lib"
     if change == "content":
         (lib / "f0200").write_bytes(b"x" * 4096)  # same size: ctime and mtime move
@@ -188,7 +200,7 @@ def test_a_store_changed_after_the_hash_pass_fails_the_stream_pass(
         (Path(paths[0]) / "zz-new").write_bytes(b"new")  # its directory changes too
         expected = f"{paths[0]}: changed between the hash pass and the stream pass"
     sent = bytearray()
-    chunks = spooled_chunks([spool_fd], result.segments, paths, result.witness.check)
+    chunks = spooled_chunks([spool_fd], segments, paths, result.witness.check)
     with pytest.raises(ChangedError, match=expected):
         drain(chunks, sent)
     if change == "content":  # files before it went out, nothing of it did
@@ -197,11 +209,10 @@ def test_a_store_changed_after_the_hash_pass_fails_the_stream_pass(
 
 
 def test_entries_gone_from_the_end_fail_the_stream_pass(store: Store, spool_fd: int) -> None:
-    paths, result = spooled(store, spool_fd)
-    assert result.segments is not None
+    paths, result, segments = spooled(store, spool_fd)
     (Path(paths[0]) / "share").rmdir()  # the last entry walked
     with pytest.raises(ChangedError, match=r"disappeared|changed between"):
-        for _ in spooled_chunks([spool_fd], result.segments, paths, result.witness.check):
+        for _ in spooled_chunks([spool_fd], segments, paths, result.witness.check):
             pass
 
 
@@ -238,10 +249,8 @@ def spool_fds(directory: Path) -> list[str]:
 
 
 async def build(store: Store, sink: FailingSink, spool_dir: Path) -> None:
-    conf = parse_conf(store.conf, "conf")
-    customisation = open_customisation(conf.customisation_layer)
     options = Options(hash_workers=2, hash_in_processes=False, spool_dir=str(spool_dir))
-    await write_docker_archive(conf, None, customisation, sink, Reporter(io.StringIO()), options)
+    await build_docker_archive(store.conf, sink, options)
 
 
 @pytest.mark.parametrize("limit", [1 << 30, 40000], ids=["success", "reader-gone"])
@@ -330,7 +339,7 @@ def test_a_split_pass_is_the_whole_pass(
 ) -> None:
     # the helper frames the many small files: more than one piece
     paths = [two_path_layer[1], two_path_layer[0]]
-    whole = hash_layer_blocking(paths, ENCODER)
+    whole = hashed(paths)
     head_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
     helper_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
     receive, send = multiprocessing.Pipe(duplex=False)
@@ -341,29 +350,29 @@ def test_a_split_pass_is_the_whole_pass(
         result = hash_layer_head(paths, 1, ENCODER, target(head_fd), helper_fd, receive)
         assert not receive.poll()  # every record was read
         assert (result.diff_id, result.size) == (whole.diff_id, whole.size)
-        assert result.segments is not None
-        spools = {s.spool for s in result.segments}
-        assert spools == ({0, 1} if part is not None else {0})
+        segments = spool_of(result).segments
+        files = {s.file for s in segments}
+        assert files == ({0, 1} if part is not None else {0})
         if part is not None:
             result.witness.extend(part.witness)
         assert len(result.witness) == len(whole.witness)
-        counts = [s.entries for s in result.segments]
+        counts = [s.entries for s in segments]
         assert counts == sorted(counts)
         assert counts[-1] == len(whole.witness)
         # a segment counts every entry whose header ends in it or before it: the stream
         # pass checks an entry before the bytes that frame it go out
         position = 0
         ends = header_ends(paths)
-        for segment in result.segments:
+        for segment in segments:
             position += segment.size
             framed_here = sum(1 for end in ends if end <= position)
             assert framed_here <= segment.entries + 2  # /nix/ and /nix/store/: no entries
         fds = [head_fd, helper_fd]
-        checked = list(spooled_chunks(fds, result.segments, paths, result.witness.check))
+        checked = list(spooled_chunks(fds, segments, paths, result.witness.check))
         out = bytearray()
         for chunk in checked:
             if isinstance(chunk, FileSpan):
-                layer.read_span(chunk, out.extend)
+                read_span(chunk, out.extend)
             else:
                 out += chunk
         assert bytes(out) == framed(paths)

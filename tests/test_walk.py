@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamimage.engine.walk import walk_store_path
 from streamimage.errors import StoreError
 from streamimage.tarheader import DIRTYPE, FIFOTYPE, REGTYPE, SYMTYPE
-from streamimage.walk import walk_store_path
 
 # bytes of a name: any but NUL and "/", so UTF-8, not UTF-8, and the characters that sort
 # next to the surrogate escapes (U+D7FF, U+E000, U+FFFD, astral ones)

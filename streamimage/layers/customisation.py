@@ -1,6 +1,7 @@
 """The customisation layer: a pre-built ``layer.tar`` and the ``checksum`` file beside it.
 
-IO: reads the checksum file, stats layer.tar, and hashes it to verify the checksum.
+IO: reads the checksum file, stats layer.tar, and hashes it to verify the checksum (ASYNC
+as a Layer: the verification runs in a worker thread, ahead, beside the other layers).
 Rule: the checksum is proved before the image is finished; a checksum that doesn't match
 layer.tar is a CustomisationError, never a layer with a wrong diff_id.
 """
@@ -12,12 +13,17 @@ import hashlib
 import os
 import pwd
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import anyio.to_thread
+from anyio.from_thread import check_cancelled
+
+from streamimage.engine.framing import Chunk, FileSpan, read_span
+from streamimage.engine.walk import FileIdentity
 from streamimage.errors import CustomisationError
-from streamimage.imagejson import Digest
-from streamimage.layer import FileSpan, read_span
+from streamimage.imagejson import MEDIA_TYPE_LAYER, Descriptor, Digest
+from streamimage.layers import CUSTOMISATION, Layer, Once, TarMember
 from streamimage.tarheader import REGTYPE, Member, encode_header
 
 
@@ -119,7 +125,7 @@ def open_customisation(directory: str) -> Customisation:
         raise CustomisationError(f"{layer_path}: cannot stat: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise CustomisationError(f"{layer_path}: is not a regular file")
-    identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    identity = FileIdentity.of(st)
     return Customisation(
         directory=directory,
         checksum_path=checksum_path,
@@ -131,3 +137,36 @@ def open_customisation(directory: str) -> Customisation:
         uname=_user(st.st_uid),
         gname=_group(st.st_gid),
     )
+
+
+class CustomisationLayer(Layer):
+    """The customisation layer: layer.tar as it is, once its checksum is proved."""
+
+    kind = CUSTOMISATION
+
+    def __init__(self, customisation: Customisation, mtime: int) -> None:
+        self.history = (customisation.directory,)
+        self._customisation = customisation
+        self._mtime = mtime
+        self._verified = Once(self._verify)
+
+    async def _verify(self) -> Digest:
+        await anyio.to_thread.run_sync(self._customisation.verify, check_cancelled)
+        return self._customisation.diff_id
+
+    async def prepare(self) -> None:
+        await self._verified()
+
+    async def diff_id(self) -> Digest:
+        return await self._verified()
+
+    async def descriptor(self) -> Descriptor:
+        return Descriptor(MEDIA_TYPE_LAYER, await self._verified(), self._customisation.span.size)
+
+    def chunks(self) -> Iterator[Chunk]:
+        return iter([self._customisation.span])
+
+    def docker_member(self, name: str) -> TarMember:
+        # the reference adds layer.tar with gettarinfo: its owner and mode on disk
+        header = self._customisation.header(name, self._mtime)
+        return TarMember(name, header, self._customisation.span.size)

@@ -1,4 +1,4 @@
-"""Entries -> the blocks of one layer tar; the single framing used by the hash and stream passes.
+"""Entries -> the blocks of one layer tar: the single framing used by the hash and stream passes.
 
 IO: reads file content (small files inline, large ones handed on as FileSpans).
 Rule 1: ``layer_chunks`` is the only place a store layer is framed; the hash pass and the
@@ -14,15 +14,10 @@ import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from streamimage.engine.walk import Entry, FileIdentity, store_error, walk_store_path
 from streamimage.errors import ChangedError
-from streamimage.imagejson import Digest
 from streamimage.tarheader import DIRTYPE, REGTYPE, HeaderEncoder, end_of_archive, padding
-from streamimage.walk import Entry, store_error, walk_store_path
-
-if TYPE_CHECKING:
-    from streamimage.spool import Segments
 
 INLINE_MAX = 64 * 1024  # bytes: files up to this size travel inside a chunk
 CHUNK_TARGET = 256 * 1024  # bytes: a chunk is handed on once this much has gathered
@@ -38,7 +33,7 @@ class FileSpan:
 
     path: str
     size: int
-    identity: tuple[int, int, int, int, int]  # as Entry.identity, checked when opened
+    identity: FileIdentity  # as Entry.identity, checked when opened
 
 
 Chunk = bytes | FileSpan
@@ -77,24 +72,14 @@ class Witness:
             raise ChangedError(f"{layer}: entries disappeared between the hash and stream passes")
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-
-
-def check_unchanged(path: str, fd: int, identity: tuple[int, int, int, int, int]) -> None:
+def check_unchanged(path: str, fd: int, identity: FileIdentity) -> None:
     """Raises: ChangedError: the open file is not (or no longer) the one that was walked."""
-    now = _identity(os.fstat(fd))
+    now = FileIdentity.of(os.fstat(fd))
     if now != identity:
-        was = dict(zip(("inode", "size", "mtime_ns", "ctime_ns", "mode"), identity, strict=True))
-        diff = ", ".join(
-            f"{key} {old} -> {new}"
-            for (key, old), new in zip(was.items(), now, strict=True)
-            if old != new
-        )
-        raise ChangedError(f"{path}: changed while being archived ({diff})")
+        raise ChangedError(f"{path}: changed while being archived ({identity.changes(now)})")
 
 
-def open_checked(path: str, identity: tuple[int, int, int, int, int]) -> int:
+def open_checked(path: str, identity: FileIdentity) -> int:
     """Open a regular file of the store for reading, checking it is the one walked.
 
     Raises:
@@ -124,7 +109,7 @@ def _read_small(entry: Entry) -> bytes:
         data = os.read(fd, size)
         while len(data) < size and (more := os.read(fd, size - len(data))):
             data += more
-        if _identity(os.fstat(fd)) != entry.identity:
+        if FileIdentity.of(os.fstat(fd)) != entry.identity:
             check_unchanged(path, fd, entry.identity)
     finally:
         os.close(fd)
@@ -194,16 +179,15 @@ def layer_chunks(
         yield b"".join(parts)
 
 
-def _no_checkpoint() -> None:
-    pass
+def no_checkpoint() -> None:
+    """A checkpoint that never cancels: a worker process is cancelled by killing it."""
 
 
-def read_span(
-    span: FileSpan,
-    consume: Callable[[memoryview], object],
-    checkpoint: Callable[[], None] = _no_checkpoint,
-) -> None:
-    """Feed a FileSpan's content to ``consume`` in large reads, checking it is unchanged.
+def read_pieces(
+    span: FileSpan, checkpoint: Callable[[], None] = no_checkpoint
+) -> Iterator[memoryview]:
+    """A FileSpan's content in large reads, checking it is unchanged. Each piece is a view
+    of one buffer, reused for the next: consume it before asking for the next.
 
     Raises:
         StoreError: it can't be opened.
@@ -220,22 +204,22 @@ def read_span(
                 got = file.readinto(view[: min(left, len(buffer))])
                 if not got:
                     raise ChangedError(f"{span.path}: size {span.size} -> {span.size - left}")
-                consume(view[:got])
+                yield view[:got]
                 left -= got
         check_unchanged(span.path, fd, span.identity)
     finally:
         os.close(fd)
 
 
-@dataclass(frozen=True, slots=True)
-class LayerHash:
-    """What the outer archive needs to know of a layer before streaming it."""
+def read_span(
+    span: FileSpan,
+    consume: Callable[[memoryview], object],
+    checkpoint: Callable[[], None] = no_checkpoint,
+) -> None:
+    """Feed a FileSpan's content to ``consume``, as read_pieces reads it.
 
-    diff_id: Digest
-    size: int  # of the uncompressed layer tar
-    witness: Witness
-    blob_digest: Digest  # of the layer as stored: the diff_id unless compressed
-    blob_size: int
-    segments: Segments | None = None  # the layer as spooled, if it was
-    spooled: int = 0  # bytes in the spool
-    stored: bool = False  # spooled as stored (compressed), not as framed: copy, don't compress
+    Raises:
+        StoreError, ChangedError: as read_pieces.
+    """
+    for piece in read_pieces(span, checkpoint):
+        consume(piece)

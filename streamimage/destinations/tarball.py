@@ -1,4 +1,5 @@
-"""The outer archive: members framed onto a sink, then the end-of-archive record padding.
+"""The outer archive of the tar destinations: members framed onto a sink, then the
+end-of-archive record padding.
 
 ASYNC; the content of big members comes from ``pipeline.stream_chunks``.
 Rule: a member's content must be exactly the size its header promised; anything else is
@@ -9,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from streamimage.compress import CompressingSink
+from streamimage.engine.framing import Chunk
+from streamimage.engine.pipeline import Sink, stream_chunks
 from streamimage.errors import ChangedError
-from streamimage.layer import Chunk
-from streamimage.pipeline import Sink, stream_chunks
-from streamimage.spec import UNCOMPRESSED, Compression
 from streamimage.tarheader import DIRTYPE, REGTYPE, HeaderEncoder, end_of_archive, padding
 
 GENERATED_MODE = 0o644  # tarfile.TarInfo's default mode, which the reference's members keep
@@ -38,32 +37,15 @@ class TarWriter:
         await self.sink.write(self.encoder.encode(name, DIRTYPE, DIRECTORY_MODE))
 
     async def add_stream(
-        self,
-        header: bytes,
-        size: int,
-        chunks: Iterator[Chunk],
-        what: str,
-        compression: Compression = UNCOMPRESSED,
-        content_size: int | None = None,
+        self, header: bytes, size: int, chunks: Iterator[Chunk], what: str
     ) -> None:
-        """A member whose ``size`` bytes of content ``chunks`` yields (``what`` names it);
-        with ``compression``, ``chunks`` yield ``content_size`` bytes that compress to
-        ``size``.
+        """A member whose ``size`` bytes of content ``chunks`` yields (``what`` names it).
 
         Raises:
             ChangedError: the content was not the size the hash pass found.
         """
         await self.sink.write(header)
-        if not compression.enabled:
-            written = await stream_chunks(chunks, self.sink)
-        else:
-            start = self.sink.written
-            encoder = CompressingSink(self.sink, compression)
-            content = await stream_chunks(chunks, encoder)
-            await encoder.close()
-            if content_size is not None and content != content_size:
-                raise ChangedError(f"{what}: {content_size} bytes hashed but {content} streamed")
-            written = self.sink.written - start
+        written = await stream_chunks(chunks, self.sink)
         if written != size:
             raise ChangedError(f"{what}: {size} bytes hashed but {written} streamed")
         await self.sink.write(padding(size))

@@ -15,9 +15,34 @@ import stat
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 from streamimage.errors import StoreError
 from streamimage.tarheader import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, REGTYPE, SYMTYPE
+
+
+class FileIdentity(NamedTuple):
+    """What a file is, as lstat/fstat see it: a file that keeps its identity is the file
+    that was hashed (a NamedTuple, not a dataclass: one is made per entry walked, and a
+    tuple is made, compared and hashed several times faster)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    mode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+    def changes(self, now: FileIdentity) -> str:
+        """What differs in ``now``: ``size 3 -> 4, mtime_ns ...``."""
+        return ", ".join(
+            f"{field} {old} -> {new}"
+            for field, old, new in zip(self._fields, self, now, strict=True)
+            if old != new
+        )
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 5x, per entry
@@ -33,7 +58,7 @@ class Entry:
     size: int  # content bytes: st_size for a regular file, else 0
     linkname: str
     device: tuple[int, int]
-    identity: tuple[int, int, int, int, int]  # inode, size, mtime_ns, ctime_ns, mode
+    identity: FileIdentity
 
     @property
     def fingerprint(self) -> int:
@@ -56,7 +81,7 @@ def _entry(path: str, name: str, dir_fd: int | None, base: str) -> Entry:
     except OSError as exc:
         raise store_error(path, exc, "stat") from exc
     mode = st.st_mode
-    identity = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
+    identity = FileIdentity(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
     size, linkname, device = 0, "", (0, 0)
     if stat.S_ISREG(mode):
         # A second name of an inode also goes in as a regular file with all of its content

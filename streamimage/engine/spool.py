@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -23,12 +22,12 @@ from dataclasses import dataclass
 from itertools import chain
 from multiprocessing.connection import Connection
 
+from streamimage.engine.framing import Chunk, FileSpan, Witness, layer_chunks
+from streamimage.engine.walk import Entry, walk_store_path
+from streamimage.engine.workers import FORK
 from streamimage.errors import ChangedError
-from streamimage.layer import Chunk, FileSpan, Witness, layer_chunks
 from streamimage.tarheader import HeaderEncoder
-from streamimage.walk import Entry, walk_store_path
 
-_FORK = multiprocessing.get_context("fork")
 PIECE = 1024 * 1024  # bytes: the spool is written, and released to the stream, in pieces
 
 
@@ -40,14 +39,14 @@ class Segment:
     offset: int  # in the spool
     size: int
     span: FileSpan | None = None  # set: the content of this file instead of spooled bytes
-    spool: int = 0  # which of the layer's spools: 0 its own, 1 its helper's (a split pass)
+    file: int = 0  # which of the layer's spool files: 0 its own, 1 its helper's (a split pass)
 
 
 Segments = tuple[Segment, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class SpoolTarget:
+class SpoolFile:
     """Where a hash pass may spool: an open spool file, and the budget it counts against."""
 
     fd: int
@@ -82,7 +81,7 @@ class SpoolWriter:
     """The hash pass's side: passes a layer's pieces on, writing their bytes to the spool."""
 
     def __init__(
-        self, target: SpoolTarget, on_segment: Callable[[Segment], object] | None = None
+        self, target: SpoolFile, on_segment: Callable[[Segment], object] | None = None
     ) -> None:
         """``on_segment``: told of each segment once it is in the spool; then giving up
         leaves the spool as it is (the segments told of may still be read)."""
@@ -126,24 +125,24 @@ class SpoolWriter:
         if self._on_segment is not None:
             self._on_segment(segment)
 
-    def add(self, data: bytes, entries: int) -> None:
+    def add(self, data: bytes, entries: int = 0) -> None:
         """Spool ``data``, which frames the first ``entries`` entries (unless given up)."""
         if self._segments is not None:
             self._write(data, entries)
 
-    def stored(self, entries: int) -> Segments | None:
+    def segments_after(self, entries: int) -> Segments | None:
         """The segments, each made to wait for all ``entries`` of the layer: the spool of
         a compressed layer, whose bytes can't be matched to entries."""
         if self._segments is None:
             return None
         return tuple(Segment(entries, s.offset, s.size) for s in self._segments)
 
-    def adopt(self, segments: Segments, entries: int, spool: int) -> None:
-        """Append a part of the layer spooled by a helper into spool number ``spool``,
+    def adopt(self, segments: Segments, entries: int, file: int) -> None:
+        """Append a part of the layer spooled by a helper into spool file number ``file``,
         its entries coming after the ``entries`` framed here."""
         if self._segments is not None:
             self._segments.extend(
-                Segment(s.entries + entries, s.offset, s.size, s.span, spool) for s in segments
+                Segment(s.entries + entries, s.offset, s.size, s.span, file) for s in segments
             )
 
     def _write(self, piece: bytes, entries: int) -> None:
@@ -209,7 +208,7 @@ class SpooledPart:
 def spool_part(
     store_paths: Sequence[str],
     encoder: HeaderEncoder,
-    target: SpoolTarget,
+    target: SpoolFile,
     records: Connection,
 ) -> SpooledPart | None:
     """Frame the members of ``store_paths`` into the spool (a split pass's helper, in a
@@ -262,7 +261,7 @@ def spooled_chunks(
                 )
             on_entry(entry)
             seen += 1
-        yield segment.span if segment.span is not None else _read(fds[segment.spool], segment)
+        yield segment.span if segment.span is not None else _read(fds[segment.file], segment)
     for entry in walked:
         on_entry(entry)  # one more than the hash pass saw: the witness refuses it
 
@@ -277,7 +276,7 @@ class SpoolBudget:
     def __init__(self, directory: str, total: int, counters: int) -> None:
         self.directory = directory
         self.total = total
-        self._counts = _FORK.Array("q", counters, lock=False)
+        self._counts = FORK.Array("q", counters, lock=False)
 
     def used(self) -> int:
         """Bytes in all spools now."""
@@ -294,7 +293,7 @@ class SpoolBudget:
         """``counter`` holds ``size`` bytes now (0: its spool was given up or closed)."""
         self._counts[counter] = size
 
-    def open(self, counter: int) -> SpoolTarget | None:
+    def open(self, counter: int) -> SpoolFile | None:
         """A new spool file counted by ``counter``, or None: no room left, or it can't
         be created (spooling is never a failure)."""
         if self.total - self.used() < PIECE:
@@ -304,7 +303,7 @@ class SpoolBudget:
         except OSError:
             return None
         self._counts[counter] = 0
-        return SpoolTarget(fd, self, counter)
+        return SpoolFile(fd, self, counter)
 
 
 def _unlinked_file(directory: str) -> int:

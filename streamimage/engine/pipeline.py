@@ -1,7 +1,7 @@
 """The async machinery: sinks, and the producer/consumer stream of one member.
 
-ASYNC; knows no image format (docker.py and the OCI writers use it; hashpass.py hashes
-through it).
+ASYNC; knows no image format and no layer: the destinations stream layers' chunks through
+it to their sinks.
 Rule 1: structured concurrency only: every task lives in a task group, every thread is an
 ``anyio.to_thread.run_sync`` call that checks for cancellation between chunks, so an error
 anywhere stops everything and surfaces once.  The one exception: a write to the output,
@@ -16,30 +16,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
 from anyio.from_thread import check_cancelled
 
-from streamimage.compress import CompressingSink
+from streamimage.engine.framing import Chunk, FileSpan, check_unchanged, open_checked
 from streamimage.errors import ChangedError, OutputError
-from streamimage.imagejson import Digest
-from streamimage.layer import (
-    Chunk,
-    FileSpan,
-    check_unchanged,
-    open_checked,
-    read_span,
-)
-from streamimage.spec import UNCOMPRESSED, Compression
 
-T = TypeVar("T")
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl numbers
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 STDOUT = 1
@@ -152,84 +140,6 @@ class FdSink:
         data = os.pread(fd, count, offset)
         self._write_all(data)
         return len(data)
-
-
-class HashSink:
-    """The hash pass's sink: keeps only the size and sha256 of what is written; hashes in
-    a worker thread (hashlib and reads release the GIL) while the producer frames on."""
-
-    def __init__(self) -> None:
-        self.written = 0
-        self._digest = hashlib.sha256()
-
-    async def write(self, data: bytes) -> None:
-        self.update(data)
-
-    def copy(self) -> HashSink:
-        """A sink that has hashed what this one has, and goes on apart."""
-        twin = HashSink()
-        twin._digest = self._digest.copy()
-        twin.written = self.written
-        return twin
-
-    def update(self, data: bytes | memoryview) -> None:
-        """Hash ``data`` now, in the calling thread (a CompressingSink's observer)."""
-        self._digest.update(data)
-        self.written += len(data)
-
-    def hash_batch(self, batch: Iterable[Chunk], checkpoint: Callable[[], None]) -> None:
-        """Hash the chunks now, in the calling thread; ``checkpoint`` between large reads."""
-        update = self._digest.update
-        written = 0
-        for chunk in batch:
-            if isinstance(chunk, bytes):
-                update(chunk)
-                written += len(chunk)
-            else:
-                read_span(chunk, update, checkpoint)
-                written += chunk.size
-        self.written += written
-
-    async def write_batch(self, batch: Batch) -> None:
-        await anyio.to_thread.run_sync(self.hash_batch, batch, check_cancelled)
-
-    @property
-    def diff_id(self) -> Digest:
-        return Digest(self._digest.hexdigest())
-
-    def uncompressed(self) -> ContentHash:
-        """What was hashed, as a content stored uncompressed."""
-        return ContentHash(self.diff_id, self.written, self.diff_id, self.written)
-
-
-@dataclass(frozen=True, slots=True)
-class ContentHash:
-    """The uncompressed and the stored (maybe compressed) digest and size of a content."""
-
-    diff_id: Digest
-    size: int
-    blob_digest: Digest
-    blob_size: int
-
-
-async def hash_chunks(
-    chunks: Iterator[Chunk], compression: Compression = UNCOMPRESSED
-) -> ContentHash:
-    """Hash what ``chunks`` frame through the stream pass's pipeline; with compression,
-    also compress it exactly as the stream pass will, hashing the compressed bytes.
-
-    Raises:
-        StoreError, ChangedError: as the chunks' source.
-    """
-    plain = HashSink()
-    if not compression.enabled:
-        await stream_chunks(chunks, plain)
-        return plain.uncompressed()
-    blob = HashSink()
-    sink = CompressingSink(blob, compression, observe=plain.update)
-    await stream_chunks(chunks, sink)
-    await sink.close()
-    return ContentHash(plain.diff_id, plain.written, blob.diff_id, blob.written)
 
 
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:

@@ -1,5 +1,6 @@
-"""Reading a from_image archive: a docker-archive or an OCI image layout archive, plain
-or gzip-compressed (a Docker 25+ archive, which is both, is read as a docker-archive).
+"""A base image's layers: reading a from_image archive (a docker-archive or an OCI image
+layout archive, plain or gzip-compressed; a Docker 25+ archive, which is both, is read as a
+docker-archive), and each of its layers as a Layer, copied as stored.
 
 IO: opens the archive with ``tarfile`` (reading archives is what tarfile is for).
 Rule: everything the image needs from the base is checked when it is opened, before a
@@ -16,6 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
+
+from streamimage.engine.framing import Chunk
 from streamimage.errors import BaseImageError
 from streamimage.imagejson import (
     MEDIA_TYPE_LAYER,
@@ -24,6 +28,7 @@ from streamimage.imagejson import (
     Digest,
     layer_media_type,
 )
+from streamimage.layers import BASE, Layer, Once, TarMember
 from streamimage.tarheader import Member, encode_header
 
 READ_SIZE = 1024 * 1024  # bytes per read when copying a base layer
@@ -265,3 +270,31 @@ def open_base_image(path: str) -> BaseImage:
     except BaseException:
         archive.close()
         raise
+
+
+class BaseImageLayer(Layer):
+    """One layer of the base image, copied into the new image as it is stored there."""
+
+    kind = BASE
+
+    def __init__(self, image: BaseImage, layer: BaseLayer) -> None:
+        self.history = (layer.name,)
+        self._image = image
+        self._layer = layer
+        self._described = Once(self._describe)
+
+    async def diff_id(self) -> Digest:
+        return self._layer.diff_id
+
+    async def descriptor(self) -> Descriptor:
+        return await self._described()
+
+    async def _describe(self) -> Descriptor:
+        return await anyio.to_thread.run_sync(self._image.describe, self._layer)
+
+    def chunks(self) -> Iterator[Chunk]:
+        return self._image.chunks(self._layer)
+
+    def docker_member(self, name: str) -> TarMember:
+        # the reference copies a base layer's member as it is: its name and header
+        return TarMember(self._layer.name, self._layer.header(), self._layer.size)

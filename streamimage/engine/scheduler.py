@@ -1,0 +1,263 @@
+"""The hash passes of every store layer, scheduled ahead of streaming: their order, ``-j``
+at a time, split passes, and the lifetime of their spool files.
+
+ASYNC; knows no image format and no Layer (layers/store.py wraps each result).
+Rule 1: each pass runs in a forked child owned by the task that forked it (workers.py) or,
+with ``processes=False``, in a worker thread; ``-j`` passes at a time (the limiter).
+Rule 2: a pass spools what its stream pass will copy while the budget lasts; spooling is
+never a failure. A layer of several store paths is framed by two children (a head and a
+helper), its sha256 computed in order by the head. A layer's spool files stay open until
+``release``; ``close`` releases them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
+from anyio.from_thread import check_cancelled
+
+from streamimage.engine.hashing import LayerHash, hash_layer, hash_layer_head
+from streamimage.engine.pipeline import grow_pipe
+from streamimage.engine.spool import SpoolBudget, SpooledPart, SpoolFile, spool_part
+from streamimage.engine.timeline import Timeline
+from streamimage.engine.workers import FORK, run_in_child
+from streamimage.options import Compression
+from streamimage.tarheader import HeaderEncoder
+
+
+@dataclass(slots=True)
+class _Split:
+    """What a split pass's head and helper tasks share."""
+
+    at: int  # the helper frames the layer's store paths from this one on
+    prepared: anyio.Event = field(default_factory=anyio.Event)  # set by the head
+    helper: SpoolFile | None = None  # the helper's spool file; None: not needed
+    records: Connection | None = None  # the helper's worker sends its segments on it
+    part: SpooledPart | None = None  # what the helper spooled
+    helped: anyio.Event = field(default_factory=anyio.Event)  # set by the helper
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One layer's pass: its result once done, and its spool files until released."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: LayerHash | None = None
+    spool_fds: list[int] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=Timeline)
+
+
+class HashPass:
+    """The hash pass of every store layer, run ahead of streaming, ``workers`` at a time:
+    the first layer first, so that streaming starts as soon as can be, then the layers
+    with the most store paths, likely the largest (streamLayeredImage puts all that
+    doesn't get a layer of its own into the last one), so that the longest pass doesn't
+    start last and keep the stream waiting. Each pass spools what it framed while the
+    budget lasts, for the layer's stream pass to copy; a layer of several store paths is
+    framed by two processes (split_at). ``close`` closes every spool."""
+
+    def __init__(
+        self,
+        layers: Sequence[Sequence[str]],
+        encoder: HeaderEncoder,
+        compression: Compression,
+        *,
+        workers: int,
+        processes: bool = True,
+        spool: SpoolBudget | None = None,
+    ) -> None:
+        self.compression = compression  # what each pass compresses to, besides hashing
+        self._layers = layers
+        self._encoder = encoder
+        self._limiter = anyio.CapacityLimiter(workers)
+        self._slots = [_Slot() for _ in layers]
+        self._processes = processes
+        self._budget = spool
+
+    def timeline(self, index: int) -> Timeline:
+        """When layer ``index``'s passes ran (its stream pass's times are the caller's)."""
+        return self._slots[index].timeline
+
+    def spool_fds(self, index: int) -> Sequence[int]:
+        """Layer ``index``'s spool files, open until ``release``."""
+        return self._slots[index].spool_fds
+
+    def order(self) -> list[int]:
+        """The layers' indices in the order their passes start."""
+        rest = sorted(range(1, len(self._layers)), key=lambda i: -len(self._layers[i]))
+        return [0, *rest] if self._layers else []
+
+    def start(self, tg: TaskGroup) -> None:
+        # The limiter lets tasks in as they queued; a split pass's helper queues right
+        # behind its head, so a head never waits for a helper that can't get a slot.
+        for index in self.order():
+            split = self.split_at(index)
+            if split is None:
+                tg.start_soon(self._hash, index)
+            else:
+                state = _Split(split)
+                tg.start_soon(self._hash_head, index, state)
+                tg.start_soon(self._help, index, state)
+
+    def split_at(self, index: int) -> int | None:
+        """Where layer ``index``'s store paths split between two processes, or None.
+
+        A layer of several store paths (streamLayeredImage's last layer holds all that
+        didn't get one of their own: often the largest) is framed by two worker
+        processes: the first hashes its half, then the second's half from its spool.
+        Uncompressed layers in worker processes only, with a spool and two workers."""
+        paths = self._layers[index]
+        if (
+            len(paths) < 2
+            or self._budget is None
+            or not self._processes
+            or self.compression.enabled
+            or self._limiter.total_tokens < 2
+        ):
+            return None
+        return len(paths) // 2
+
+    async def _hash(self, index: int) -> None:
+        async with self._limiter:
+            await self._hash_whole(index)
+        self._slots[index].done.set()
+
+    def _open_spool(self, index: int, part: int = 0) -> SpoolFile | None:
+        """A spool for layer ``index``'s pass (part 1: a split pass's helper), or None."""
+        target = None if self._budget is None else self._budget.open(2 * index + part)
+        if target is not None:
+            self._slots[index].spool_fds.append(target.fd)
+        return target
+
+    async def _hash_whole(self, index: int) -> None:
+        self._slots[index].timeline.hash_start = time.monotonic()
+        target = self._open_spool(index)
+        paths = self._layers[index]
+        if self._processes:
+            # A process of its own: the hash pass's Python work doesn't contend for the
+            # GIL with the stream pass; cancelling kills the worker.
+            result = await run_in_child(hash_layer, paths, self._encoder, self.compression, target)
+        else:
+            result = await anyio.to_thread.run_sync(
+                hash_layer, paths, self._encoder, self.compression, target, check_cancelled
+            )
+        self._finish(index, result)
+
+    async def _hash_head(self, index: int, split: _Split) -> None:
+        async with self._limiter:
+            try:
+                head = self._open_spool(index)
+                helper = None if head is None else self._open_spool(index, 1)
+                if head is None or helper is None:  # no room for two spools: one pass
+                    self.release(index)
+                    split.prepared.set()  # the helper is not needed
+                    await self._hash_whole(index)
+                else:
+                    receive, split.records = FORK.Pipe(duplex=False)
+                    grow_pipe(split.records.fileno())
+                    split.helper = helper
+                    split.prepared.set()
+                    try:
+                        await self._run_head(index, split, head, receive)
+                    finally:
+                        receive.close()
+            finally:
+                split.prepared.set()
+        self._slots[index].done.set()
+
+    async def _run_head(
+        self, index: int, split: _Split, head: SpoolFile, records: Connection
+    ) -> None:
+        assert split.helper is not None
+        self._slots[index].timeline.hash_start = time.monotonic()
+        self._slots[index].timeline.parts = 2
+        result = await run_in_child(
+            hash_layer_head,
+            self._layers[index],
+            split.at,
+            self._encoder,
+            head,
+            split.helper.fd,
+            records,
+        )
+        await split.helped.wait()  # its worker has ended, and its witness is here
+        if split.part is None:  # it gave up: its spool is not the layer's
+            self._budget_count(2 * index + 1, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(split.helper.fd, 0)
+        else:
+            result.witness.extend(split.part.witness)
+            if result.spooled is not None:  # the layer is in both spool files
+                size = result.spooled.size + split.part.size
+                result = dataclasses.replace(
+                    result, spooled=dataclasses.replace(result.spooled, size=size)
+                )
+        self._finish(index, result)
+
+    async def _help(self, index: int, split: _Split) -> None:
+        """A split pass's helper: frames the later part of layer ``index`` into its spool,
+        sending each segment to the head's worker, which hashes them as they come."""
+        try:
+            async with self._limiter:
+                await split.prepared.wait()
+                if split.helper is None or split.records is None:
+                    return
+                split.part = await run_in_child(
+                    spool_part,
+                    self._layers[index][split.at :],
+                    self._encoder,
+                    split.helper,
+                    split.records,
+                )
+        finally:
+            if split.records is not None:
+                split.records.close()
+            split.helped.set()
+
+    def _budget_count(self, counter: int, size: int) -> None:
+        if self._budget is not None:
+            self._budget.count(counter, size)
+
+    def _finish(self, index: int, result: LayerHash) -> None:
+        slot = self._slots[index]
+        slot.result = result
+        if result.spooled is None:
+            self.release(index)  # nothing spooled: the files go now
+        self._slots[index].timeline.hash_end = time.monotonic()
+
+    def known(self, index: int) -> LayerHash:
+        """The hash of layer ``index``, whose pass has finished (``result`` answered)."""
+        result = self._slots[index].result
+        if result is None:
+            raise RuntimeError(f"layer {index + 1}: asked for before its hash pass finished")
+        return result
+
+    async def result(self, index: int) -> LayerHash:
+        """The hash of layer ``index`` (0-based), once its pass has finished."""
+        slot = self._slots[index]
+        await slot.done.wait()
+        assert slot.result is not None
+        return slot.result
+
+    def release(self, index: int) -> None:
+        """Close layer ``index``'s spools (it was streamed, or won't be), if it has any."""
+        slot = self._slots[index]
+        for fd in slot.spool_fds:
+            os.close(fd)
+        slot.spool_fds.clear()
+        self._budget_count(2 * index, 0)  # its passes are over: the counters are ours now
+        self._budget_count(2 * index + 1, 0)
+
+    def close(self) -> None:
+        """Close every spool still open (after a failure, or a layer not streamed)."""
+        for index in range(len(self._slots)):
+            self.release(index)

@@ -1,0 +1,21 @@
+"""When each layer's passes ran, for ``-v``: filled in by the engine and the image
+assembly, printed by report.py.
+
+PURE: a record; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Timeline:
+    """When a store layer's passes ran (monotonic seconds), and where its stream came from."""
+
+    hash_start: float = 0.0
+    hash_end: float = 0.0
+    stream_start: float = 0.0
+    stream_end: float = 0.0
+    spooled: int | None = None  # bytes the stream pass copied from the spool; None: framed
+    parts: int = 1  # processes that framed the layer in its hash pass

@@ -1,0 +1,158 @@
+"""One image: its layers in order (base, store, customisation), their hash passes, and
+the config that describes them.
+
+ASYNC; knows the order of an image's layers and what the reference prints as each one
+goes out, not where they go (a LayerWriter: destinations/).
+Rule 1: a layer's digests are known before its first byte is written: store layers are
+hashed ahead (the engine's HashPass), the customisation layer is verified, a base layer is
+described when the destination asks (layers/).
+Rule 2: the image's documents are made from the records the destination returned for
+the layers it wrote, so they describe exactly the bytes written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+
+from streamimage.engine.scheduler import HashPass
+from streamimage.engine.spool import spool_budget
+from streamimage.engine.timeline import Timeline
+from streamimage.imagejson import LayerRecord, image_config, merge_env
+from streamimage.layers import BASE, STORE, Layer
+from streamimage.layers.base import BaseImage, BaseImageLayer
+from streamimage.layers.compressed import CompressedLayer
+from streamimage.layers.customisation import Customisation, CustomisationLayer
+from streamimage.layers.store import StoreLayer
+from streamimage.options import Options
+from streamimage.spec import Conf
+from streamimage.tarheader import HeaderEncoder
+
+
+class Progress(Protocol):
+    """Where the reference's lines go, and the count of store entries streamed."""
+
+    files: int
+
+    def line(self, text: str) -> None: ...
+
+
+class LayerWriter(Protocol):
+    """A destination's side: where an image's layers go."""
+
+    async def add_layer(self, layer: Layer) -> LayerRecord:
+        """Write ``layer`` (unless the destination holds its blob already) and say what
+        the image's documents are to say of it.
+
+        Raises:
+            ChangedError: the layer's bytes were not the ones described.
+            OutputError: writing failed.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """One run's context: the conf (what to build), the options (how), what was opened
+    of it (a base image, the customisation layer), and where progress goes."""
+
+    conf: Conf
+    options: Options
+    base: BaseImage | None
+    customisation: Customisation
+    progress: Progress
+
+
+class Image:
+    """The image of a Build: ``layers`` in the reference's order."""
+
+    def __init__(self, build: Build) -> None:
+        conf, options = build.conf, build.options
+        self.build = build
+        store_layers = conf.store_layers
+        encoder = HeaderEncoder(
+            uid=conf.uid, gid=conf.gid, uname=conf.uname, gname=conf.gname, mtime=conf.mtime
+        )
+        self._hashes = HashPass(
+            store_layers,
+            encoder,
+            options.compression,
+            workers=options.hash_workers,
+            processes=options.hash_in_processes,
+            spool=spool_budget(options.spool_dir, options.spool_max, 2 * len(store_layers)),
+        )
+        built: list[Layer] = [
+            StoreLayer(index, paths, self._hashes, encoder, build.progress)
+            for index, paths in enumerate(store_layers)
+        ]
+        built.append(CustomisationLayer(build.customisation, conf.mtime))
+        if options.compression.enabled:  # base layers are copied as they are stored
+            built = [CompressedLayer(layer, options.compression) for layer in built]
+        base = build.base
+        layers: list[Layer] = [] if base is None else [BaseImageLayer(base, x) for x in base.layers]
+        self.layers: tuple[Layer, ...] = (*layers, *built)
+
+    @property
+    def timelines(self) -> list[Timeline]:
+        """The store layers' timelines, in order."""
+        return [layer.timeline for layer in self.layers if layer.timeline is not None]
+
+    def config_json(self, records: list[LayerRecord]) -> bytes:
+        """The image config of the layers ``records`` describe."""
+        conf, base = self.build.conf, self.build.base
+        config = merge_env(base.config, conf.config) if base is not None else conf.config
+        return image_config(
+            created=conf.created, architecture=conf.architecture, config=config, layers=records
+        )
+
+    async def write_layers(self, writer: LayerWriter) -> list[LayerRecord]:
+        """Write every layer through ``writer``, in order and with the reference's lines,
+        while the hash passes run ahead; returns what to say of each layer.
+
+        Raises:
+            StreamImageError: any failure (StoreError, ChangedError, CustomisationError...).
+        """
+        progress = self.build.progress
+        records: list[LayerRecord] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                self._hashes.start(tg)
+                for layer in self.layers:
+                    tg.start_soon(layer.prepare)
+                if self.build.base is None:
+                    progress.line("No 'fromImage' provided")
+                for number, layer in enumerate(self.layers, start=1):
+                    if layer.kind != BASE:
+                        progress.line(_announcement(layer, number))
+                    records.append(await self._write(layer, writer))
+                    if layer.kind == BASE:
+                        progress.line(_announcement(layer, number))
+        finally:
+            self._hashes.close()
+        progress.line("Adding manifests...")
+        return records
+
+    async def _write(self, layer: Layer, writer: LayerWriter) -> LayerRecord:
+        try:
+            await layer.diff_id()  # hashed, or verified: ready to stream
+            if layer.timeline is not None:
+                layer.timeline.stream_start = time.monotonic()
+            record = await writer.add_layer(layer)
+            if layer.timeline is not None:
+                layer.timeline.stream_end = time.monotonic()
+        finally:
+            layer.release()
+        return record
+
+
+def _announcement(layer: Layer, number: int) -> str:
+    """The line the reference prints for layer ``number``."""
+    if layer.kind == BASE:
+        return f"Adding base layer {number} from {layer.history[0]}"
+    if layer.kind == STORE:
+        # the reference formats the Python list of paths: its repr is the format
+        return f"Creating layer {number} from paths: {list(layer.history)!r}"
+    return f"Creating layer {number} with customisation..."

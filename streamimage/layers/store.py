@@ -1,0 +1,112 @@
+"""A store layer: the layer tar of some store paths, framed by the engine.
+
+ASYNC at its digests (they wait for the layer's hash pass), blocking in its chunks.
+Rule: every entry streamed is held to what the hash pass saw (its Witness), walked again
+from the store before the bytes that frame it go out, copied from the spool or framed
+again; a layer that streams other entries, or fewer, fails with a ChangedError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+from streamimage.engine.framing import Chunk, layer_chunks
+from streamimage.engine.hashing import LayerHash
+from streamimage.engine.scheduler import HashPass
+from streamimage.engine.spool import spooled_chunks
+from streamimage.engine.walk import Entry
+from streamimage.imagejson import MEDIA_TYPE_LAYER, Descriptor, Digest, layer_media_type_of
+from streamimage.layers import STORE, Layer
+from streamimage.options import Compression
+from streamimage.tarheader import HeaderEncoder
+
+
+class FileCounter(Protocol):
+    files: int  # store entries streamed so far
+
+
+class StoreLayer(Layer):
+    """Layer ``index`` of the store layers, hashed by ``hashes``."""
+
+    kind = STORE
+
+    def __init__(
+        self,
+        index: int,
+        store_paths: Sequence[str],
+        hashes: HashPass,
+        encoder: HeaderEncoder,
+        counter: FileCounter,
+    ) -> None:
+        self.history = tuple(store_paths)
+        self.timeline = self._timeline = hashes.timeline(index)
+        self._index = index
+        self._hashes = hashes
+        self._encoder = encoder
+        self._counter = counter
+
+    async def _hash(self) -> LayerHash:
+        return await self._hashes.result(self._index)
+
+    async def diff_id(self) -> Digest:
+        return (await self._hash()).diff_id
+
+    async def descriptor(self) -> Descriptor:
+        found = await self._hash()
+        return Descriptor(MEDIA_TYPE_LAYER, found.diff_id, found.size)
+
+    async def compressed_descriptor(self, compression: Compression) -> Descriptor | None:
+        if compression != self._hashes.compression:
+            return None
+        found = await self._hash()
+        return Descriptor(
+            layer_media_type_of(compression.codec), found.blob_digest, found.blob_size
+        )
+
+    def chunks(self) -> Iterator[Chunk]:
+        found = self._hashes.known(self._index)
+        spooled = found.spooled
+        if spooled is None or spooled.compressed or not self._hashes.spool_fds(self._index):
+            return self._framed(found)
+        return self._copied(found)
+
+    def compressed_chunks(self, compression: Compression) -> Iterator[Chunk] | None:
+        found = self._hashes.known(self._index)
+        if compression != self._hashes.compression or found.spooled is None:
+            return None
+        if not found.spooled.compressed or not self._hashes.spool_fds(self._index):
+            return None
+        return self._copied(found)
+
+    def release(self) -> None:
+        self._hashes.release(self._index)
+
+    def _on_entry(self, found: LayerHash) -> Callable[[Entry], None]:
+        check = found.witness.check
+        counter = self._counter
+
+        def on_entry(entry: Entry) -> None:
+            check(entry)
+            counter.files += 1
+
+        return on_entry
+
+    def _framed(self, found: LayerHash) -> Iterator[Chunk]:
+        """Framed again from the store, every entry checked against the hash pass's."""
+        self._timeline.spooled = None
+        yield from layer_chunks(self.history, self._encoder, self._on_entry(found))
+        found.witness.check_complete(self._label())
+
+    def _copied(self, found: LayerHash) -> Iterator[Chunk]:
+        """Copied from the spool, every entry checked before the bytes that frame it."""
+        assert found.spooled is not None
+        self._timeline.spooled = found.spooled.size
+        fds = self._hashes.spool_fds(self._index)
+        yield from spooled_chunks(fds, found.spooled.segments, self.history, self._on_entry(found))
+        found.witness.check_complete(self._label())
+
+    def _label(self) -> str:
+        return (
+            f"store layer {self._index + 1} ({self.history[-1]})" if self.history else "store layer"
+        )
