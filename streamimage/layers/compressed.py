@@ -3,13 +3,16 @@ compressed layer from an uncompressed one.
 
 ASYNC at its descriptor (a compressing hash pass in a worker thread, unless the layer
 under it knows its compressed digest already), blocking in its chunks.
-Rule: the bytes streamed are compressed by ``compress.compressed_chunks``, as they were
-hashed, or copied from what the inner layer's own hash pass compressed; either way their
-uncompressed size is held to the inner layer's, so a change is a ChangedError.
+Rule: the bytes streamed are copied from what the inner layer's own hash pass compressed,
+or compressed again by ``compress.compressed_chunks``, as they were hashed; compressed
+again, their uncompressed size is held to the inner layer's and their sha256 to the
+descriptor's, so a change (or a compressor that doesn't repeat itself) is a ChangedError
+before the image's manifest is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import anyio.to_thread
@@ -35,6 +38,7 @@ class CompressedLayer(Layer):
         self._compression = compression
         self._described = Once(self._describe)
         self._size = -1  # of the uncompressed layer, once described
+        self._blob: Descriptor | None = None  # once described
 
     async def prepare(self) -> None:
         await self._inner.prepare()
@@ -44,7 +48,8 @@ class CompressedLayer(Layer):
         return await self._inner.diff_id()
 
     async def descriptor(self) -> Descriptor:
-        return await self._described()
+        self._blob = await self._described()
+        return self._blob
 
     async def _describe(self) -> Descriptor:
         uncompressed = await self._inner.descriptor()
@@ -69,16 +74,26 @@ class CompressedLayer(Layer):
         return stored if stored is not None else self._compressed()
 
     def _compressed(self) -> Iterator[Chunk]:
+        blob = self._blob
+        assert blob is not None, "chunks() before descriptor()"
         read = 0
 
         def count(data: bytes | memoryview) -> None:
             nonlocal read
             read += len(data)
 
+        sha = hashlib.sha256()
         chunks = self._inner.chunks()
-        yield from compressed_chunks(chunks, self._compression, count, check_cancelled)
+        for data in compressed_chunks(chunks, self._compression, count, check_cancelled):
+            sha.update(data)
+            yield data
         if read != self._size:
             raise ChangedError(f"{self.history[-1]}: {self._size} bytes hashed but {read} streamed")
+        if sha.hexdigest() != blob.digest.hex:
+            raise ChangedError(
+                f"{self.history[-1]}: compressed to {blob.digest} when hashed but to "
+                f"sha256:{sha.hexdigest()} when streamed"
+            )
 
     def release(self) -> None:
         self._inner.release()
