@@ -60,15 +60,14 @@ def merge_env(base_config: dict[str, Any] | None, config: dict[str, Any] | None)
     A later ``NAME=`` wins but keeps the first one's position; with no Env on either side
     the conf's config is returned as it is (the reference's overlay_base_config).
     """
-    if base_config is None and config is None:
-        return None
     final = dict(config or {})
     env = list((base_config or {}).get("Env") or []) + list(final.get("Env") or [])
-    if env:
-        resolved: dict[str, str] = {}
-        for entry in env:
-            resolved[entry.split("=", 1)[0]] = entry
-        final["Env"] = list(resolved.values())
+    if not env:
+        return config
+    resolved: dict[str, str] = {}
+    for entry in env:
+        resolved[entry.split("=", 1)[0]] = entry
+    final["Env"] = list(resolved.values())
     return final
 
 

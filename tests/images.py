@@ -7,7 +7,6 @@ oracle independent of streamimage's own code.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
@@ -20,10 +19,6 @@ from tests import storegen
 from tests.conftest import FixtureStore
 
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def tar_members(data: bytes) -> dict[str, bytes]:

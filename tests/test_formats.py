@@ -21,7 +21,7 @@ from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.errors import OutputError
 from streamimage.options import Compression, Options
 from tests import storegen
-from tests.conftest import FixtureStore
+from tests.conftest import FixtureStore, sha256_hex
 from tests.failures import FailingSink, image_of
 from tests.images import (
     OciImage,
@@ -31,7 +31,6 @@ from tests.images import (
     oci_only,
     private_fixture,
     read_dir,
-    sha256_hex,
     tar_members,
     tar_names,
     uncompressed,

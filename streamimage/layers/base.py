@@ -117,10 +117,9 @@ class BaseImage:
 
 
 def _json_member(archive: tarfile.TarFile, path: str, name: str) -> Any:
-    try:
-        member = archive.getmember(name)
-    except KeyError:
-        raise BaseImageError(f"{path}: has no {name}") from None
+    member = _member(archive, name)
+    if member is None:
+        raise BaseImageError(f"{path}: has no {name}")
     source = archive.extractfile(member)
     if source is None:
         raise BaseImageError(f"{path}: {name} is not a regular file")
@@ -170,13 +169,13 @@ def _load_oci(archive: tarfile.TarFile, path: str) -> BaseImage:
     if not isinstance(manifests, list) or not manifests:
         raise BaseImageError(f"{path}: index.json lists no manifests")
     manifest_name, _ = _blob_name(path, manifests[0], "index.json's first manifest")
-    manifest = _json_member(archive, path, _found_name(archive, manifest_name))
+    manifest = _json_member(archive, path, manifest_name)
     if not isinstance(manifest, dict) or "layers" not in manifest:
         raise BaseImageError(
             f"{path}: {manifest_name} is not an image manifest (an index of indexes?)"
         )
     config_name, _ = _blob_name(path, manifest.get("config"), f"{manifest_name}'s config")
-    image = _json_member(archive, path, _found_name(archive, config_name))
+    image = _json_member(archive, path, config_name)
     descriptors = manifest["layers"]
     if not isinstance(descriptors, list):
         raise BaseImageError(f"{path}: {manifest_name} has no layers list")
@@ -187,6 +186,7 @@ def _load_oci(archive: tarfile.TarFile, path: str) -> BaseImage:
         member = _member(archive, name)
         if member is None:
             raise BaseImageError(f"{path}: layer {name} is named in {manifest_name} but absent")
+        _check_file(path, member)
         if member.size != blob.size:
             raise BaseImageError(
                 f"{path}: layer {name}: size {blob.size} in {manifest_name} -> {member.size}"
@@ -195,9 +195,9 @@ def _load_oci(archive: tarfile.TarFile, path: str) -> BaseImage:
     return BaseImage(path, archive, tuple(layers), config)
 
 
-def _found_name(archive: tarfile.TarFile, name: str) -> str:
-    member = _member(archive, name)
-    return name if member is None else member.name
+def _check_file(path: str, member: tarfile.TarInfo) -> None:
+    if not member.isfile():
+        raise BaseImageError(f"{path}: layer {member.name} is not a regular file")
 
 
 def _diff_id(path: str, diff_id: Any) -> Digest:
@@ -239,12 +239,10 @@ def _load(archive: tarfile.TarFile, path: str) -> BaseImage:
     diff_ids, config = _diff_ids(image, path, config_name, len(layer_names), "manifest.json")
     layers = []
     for name, diff_id in zip(layer_names, diff_ids, strict=True):
-        try:
-            member = archive.getmember(name)
-        except KeyError:
-            raise BaseImageError(
-                f"{path}: layer {name} is named in manifest.json but absent"
-            ) from None
+        member = _member(archive, name) if isinstance(name, str) else None
+        if member is None:
+            raise BaseImageError(f"{path}: layer {name} is named in manifest.json but absent")
+        _check_file(path, member)
         layers.append(BaseLayer(member, _diff_id(path, diff_id)))
     return BaseImage(path, archive, tuple(layers), config)
 
@@ -264,7 +262,9 @@ def open_base_image(path: str) -> BaseImage:
     except OSError as exc:
         raise BaseImageError(f"{path}: cannot read from_image: {exc.strerror or exc}") from None
     except (tarfile.TarError, EOFError) as exc:
-        raise BaseImageError(f"{path}: from_image is not a tar archive: {exc}") from None
+        # tarfile lists every method it tried, one per line: the first line says enough
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BaseImageError(f"{path}: from_image is not a tar archive: {reason}") from None
     try:
         return _load(archive, path)
     except BaseException:
