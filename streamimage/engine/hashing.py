@@ -226,7 +226,13 @@ _END = object()
 def read_ahead(items: Iterator[T], depth: int) -> Iterator[Iterator[T]]:
     """``items``, advanced by a thread of their own up to ``depth`` items ahead of the
     caller. The thread is stopped and joined when the block ends, however it ends; an
-    exception it met is raised in the caller where the item would have been."""
+    exception it met is raised in the caller where the item would have been.
+
+    Raises:
+        ValueError: ``depth`` < 1 (a queue of size 0 is unbounded).
+    """
+    if depth < 1:
+        raise ValueError(f"read_ahead depth must be at least 1, not {depth}")
     ready: queue.Queue[object] = queue.Queue(depth)
     stop = threading.Event()
 

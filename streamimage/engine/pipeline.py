@@ -3,10 +3,11 @@
 ASYNC; knows no image format and no layer: the destinations stream layers' chunks through
 it to their sinks.
 Rule 1: structured concurrency only: every task lives in a task group, every thread is an
-``anyio.to_thread.run_sync`` call that checks for cancellation between chunks, so an error
-anywhere stops everything and surfaces once.  The one exception: a write to the output,
-which a reader that stops reading blocks for ever, is abandoned on cancellation
-(``FdSink.busy`` then tells the caller not to close the fd, and to exit without joining).
+``anyio.to_thread.run_sync`` call of one batch (large files' sends check for cancellation
+between calls), so an error anywhere stops everything, within a batch, and surfaces once.
+The one exception: a write to the output, which a reader that stops reading blocks for
+ever, is abandoned on cancellation (``FdSink.busy`` then tells the caller not to close the
+fd, and to exit without joining).
 Rule 2: memory is bounded: a batch carries at most BATCH_BYTES (+ one chunk) of headers
 and small files, at most STREAM_BUFFER batches wait between producer and consumer; large
 files are never in memory (the sink sends them with sendfile).
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.from_thread import check_cancelled
 
@@ -85,7 +87,9 @@ class FdSink:
     async def _in_thread(self, func: Callable[[Batch], int], batch: Batch) -> int:
         # abandon_on_cancel: a reader that stops reading blocks os.write (or sendfile) for
         # ever, and cancelling (a signal, a failed hash pass) must not wait for it; one
-        # write runs at a time, so _busy needs no lock.
+        # write runs at a time, so _busy needs no lock. A task cancelled already never
+        # starts the thread: it must not be left marked busy (a leaked fd, an _exit).
+        await anyio.lowlevel.checkpoint_if_cancelled()
         self._busy = True
         return await anyio.to_thread.run_sync(self._run_busy, func, batch, abandon_on_cancel=True)
 
