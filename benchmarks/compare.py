@@ -1,10 +1,13 @@
 # Times the reference script and streamimage side by side on one corpus, plus GNU tar as
-# the floor. Rule: runs alternate (reference, streamimage, floors, ...) round by round so
-# drift hits every contender alike, and every contender's stdout goes through the same
-# consumer (runner.run_once); outputs must be byte-identical unless --si-args changes them.
+# the floor. Rule: runs alternate (reference, streamimage, baseline, floors, ...) round by
+# round so drift hits every contender alike, and every contender's stdout goes through the
+# same consumer (runner.run_once); outputs must be byte-identical unless --si-args changes
+# them (a --baseline-cmd gets the same --si-args, so it must match streamimage either way).
 #
 #   python -m benchmarks.compare --reference PATH [--corpus DIR | --scale S] [--runs N]
 #       [--json FILE] [--tool-cmd "python3 -m streamimage"] [--si-args="--compress gzip"]
+#       [--baseline-cmd "env PYTHONPATH=/tmp/before python3 -P -m streamimage"]
+#       [--skip-reference]
 from __future__ import annotations
 
 import argparse
@@ -14,6 +17,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from benchmarks.runner import RunResult, log_tail, median, run_once, shell_pipel
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "reference"
 STREAMIMAGE = "streamimage"
+BASELINE = "baseline"
 FLOOR = "floor: tar|openssl"
 TAR_TO_HARNESS = "tar -> harness"
 
@@ -31,7 +36,9 @@ TAR_TO_HARNESS = "tar -> harness"
 class Contender:
     name: str
     argv: tuple[str, ...]
-    role: str  # "tool", "floor" or "baseline" (reference piped into a compressor)
+    # "tool" (reference, streamimage, --baseline-cmd's "baseline"), "floor", or "baseline"
+    # (reference piped into a compressor)
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +76,14 @@ class Report:
     pipe_size: int
     si_args: tuple[str, ...]
     summaries: tuple[Summary, ...]
-    identical: bool | None  # None when --si-args makes the outputs differ by design
-    reference_deterministic: bool
-    speedup: float  # reference median / streamimage median
+    # reference vs streamimage; None when --si-args makes them differ by design, or
+    # with --skip-reference
+    identical: bool | None
+    reference_deterministic: bool | None  # None with --skip-reference
+    speedup: float | None  # reference median / streamimage median; None: --skip-reference
     si_over_floor: float  # streamimage median / floor median
+    baseline_identical: bool | None  # baseline vs streamimage; None without --baseline-cmd
+    baseline_ratio: float | None  # baseline median / streamimage median; None: no baseline
 
 
 def load_corpus(args: argparse.Namespace) -> Corpus:
@@ -125,17 +136,28 @@ def _hand_made_corpus(conf_path: Path) -> Corpus:
     )
 
 
-def contenders(args: argparse.Namespace, bench: Corpus) -> list[Contender]:
-    reference = (sys.executable, str(Path(args.reference).resolve()), bench.conf)
+def baseline_argv(args: argparse.Namespace, bench: Corpus, pycache: str) -> tuple[str, ...]:
+    """--baseline-cmd with the conf and --si-args, its Python bytecode cached in `pycache`
+    (PYTHONPYCACHEPREFIX: nothing is written into the baseline's own tree)."""
+    cmd = shlex.split(args.baseline_cmd)
+    return ("env", f"PYTHONPYCACHEPREFIX={pycache}", *cmd, bench.conf, *args.si_args)
+
+
+def contenders(args: argparse.Namespace, bench: Corpus, pycache: str) -> list[Contender]:
     tool = (*shlex.split(args.tool_cmd), bench.conf, *args.si_args)
     names = [os.path.relpath(path, bench.store_dir) for path in bench.store_paths]
     tar = ("tar", "-C", bench.store_dir, "-cf", "-", "--", *names)
-    found = [
-        Contender(REFERENCE, reference, "tool"),
-        Contender(STREAMIMAGE, tool, "tool"),
+    found = [Contender(STREAMIMAGE, tool, "tool")]
+    if args.baseline_cmd is not None:
+        found.append(Contender(BASELINE, baseline_argv(args, bench, pycache), "tool"))
+    found += [
         Contender(FLOOR, tuple(shell_pipeline(tar, ("openssl", "dgst", "-sha256"))), "floor"),
         Contender(TAR_TO_HARNESS, tar, "floor"),
     ]
+    if args.skip_reference:
+        return found
+    reference = (sys.executable, str(Path(args.reference).resolve()), bench.conf)
+    found.insert(0, Contender(REFERENCE, reference, "tool"))
     if args.si_args:
         gzip = ("gzip", "-6")
         found.append(
@@ -173,12 +195,32 @@ def summarize(
     )
 
 
-def run_all(args: argparse.Namespace, bench: Corpus, log: Path) -> Report:
-    field = contenders(args, bench)
+def identical_outputs(*summaries: Summary) -> bool:
+    """All runs of all of them succeeded and gave one and the same sha256."""
+    hashes = {digest for s in summaries for digest in s.sha256s}
+    return not any(s.failures for s in summaries) and len(hashes) == 1
+
+
+def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) -> Report:
+    field = contenders(args, bench, pycache)
+    named = {c.name: c for c in field}
     # Warm the page cache. Not into /dev/null: GNU tar then skips reading file data.
-    warm = run_once("warm-up", field[3].argv, log=log, pipe_size=args.pipe_size)
+    warm = run_once("warm-up", named[TAR_TO_HARNESS].argv, log=log, pipe_size=args.pipe_size)
     if warm.exit_code != 0:
         raise RuntimeError(f"warm-up tar failed ({warm.exit_code}): {log_tail(log)}")
+    if BASELINE in named:
+        # One untimed run writes the baseline's bytecode to its cache, as compile_package
+        # does for streamimage: otherwise every timed run would compile its modules again
+        # (PYTHONDONTWRITEBYTECODE=1 here), ~0.1-0.2 s each.
+        primed = run_once(
+            "baseline warm-up (bytecode)",
+            ("env", "PYTHONDONTWRITEBYTECODE=", *named[BASELINE].argv),
+            log=log,
+            cwd=REPO_ROOT,
+            pipe_size=args.pipe_size,
+        )
+        if primed.exit_code != 0:
+            raise RuntimeError(f"baseline warm-up failed ({primed.exit_code}): {log_tail(log)}")
     results: dict[str, list[RunResult]] = {c.name: [] for c in field}
     for round_no in range(1, args.runs + 1):
         for contender in field:
@@ -198,11 +240,11 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path) -> Report:
                 sys.stderr.write(f"  see {log}:\n{log_tail(log)}\n")
     summaries = tuple(summarize(c, results[c.name], bench, warm.out_bytes) for c in field)
     by_name = {s.name: s for s in summaries}
-    ref, si = by_name[REFERENCE], by_name[STREAMIMAGE]
-    failed = ref.failures or si.failures
-    identical: bool | None = None
-    if not args.si_args:
-        identical = not failed and len({*ref.sha256s, *si.sha256s}) == 1
+    si = by_name[STREAMIMAGE]
+    ref, base = by_name.get(REFERENCE), by_name.get(BASELINE)
+    identical = None
+    if ref is not None and not args.si_args:
+        identical = identical_outputs(ref, si)
     return Report(
         corpus=bench,
         runs=args.runs,
@@ -210,9 +252,11 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path) -> Report:
         si_args=tuple(args.si_args),
         summaries=summaries,
         identical=identical,
-        reference_deterministic=ref.failures == 0 and len(ref.sha256s) == 1,
-        speedup=ref.median_s / si.median_s,
+        reference_deterministic=None if ref is None else identical_outputs(ref),
+        speedup=None if ref is None else ref.median_s / si.median_s,
         si_over_floor=si.median_s / by_name[FLOOR].median_s,
+        baseline_identical=None if base is None else identical_outputs(base, si),
+        baseline_ratio=None if base is None else base.median_s / si.median_s,
     )
 
 
@@ -235,23 +279,42 @@ def render(report: Report) -> str:
         for s in report.summaries
     )
     lines.append("")
-    if report.identical is None:
+    by_name = {s.name: s for s in report.summaries}
+    ref, base = by_name.get(REFERENCE), by_name.get(BASELINE)
+    if ref is None:
+        lines.append("identical: not checked (--skip-reference)")
+    elif report.identical is None:
         lines.append(f"identical: not checked (--si-args {shlex.join(report.si_args)})")
     else:
-        ref = next(s for s in report.summaries if s.name == REFERENCE)
         verdict = "yes" if report.identical else "NO"
+        lines.append(f"identical: {verdict}  reference {_hashes(ref)}  streamimage {_hashes(si)}")
+    if base is not None:
+        verdict = "yes" if report.baseline_identical else "NO"
         lines.append(
-            f"identical: {verdict}  reference {','.join(h[:16] for h in ref.sha256s)}"
-            f"  streamimage {','.join(h[:16] for h in si.sha256s)}"
+            f"baseline identical: {verdict}  baseline {_hashes(base)}  streamimage {_hashes(si)}"
         )
+        lines.append(f"baseline: {shlex.join(base.argv)}")
     floor_mib = max(s.rss_floor_kib for s in report.summaries) / 1024
     lines.append(
         f"peak RSS: ru_maxrss of the child tree; {floor_mib:.1f} MiB is the harness's own and"
         " a floor under it (Linux carries it through fork+exec)"
     )
-    lines.append(f"speedup (reference / streamimage): {report.speedup:.2f}x")
+    lines.append(f"speedup (reference / streamimage): {_ratio(report.speedup)}")
+    if report.baseline_ratio is not None:
+        lines.append(
+            f"baseline / streamimage: {_ratio(report.baseline_ratio)}"
+            " (> 1: streamimage faster than the baseline)"
+        )
     lines.append(f"streamimage / floor (tar|openssl): {report.si_over_floor:.2f}x")
     return "\n".join(lines) + "\n"
+
+
+def _hashes(summary: Summary) -> str:
+    return ",".join(h[:16] for h in summary.sha256s) or "-"
+
+
+def _ratio(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -259,8 +322,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reference",
         default=os.environ.get("STREAMIMAGE_REFERENCE"),
-        required="STREAMIMAGE_REFERENCE" not in os.environ,
         help="path to stream_layered_image.py (default: env STREAMIMAGE_REFERENCE)",
+    )
+    parser.add_argument(
+        "--skip-reference",
+        action="store_true",
+        help="leave out the reference (and its gzip/pigz rows): a quick A/B with --baseline-cmd",
     )
     parser.add_argument("--corpus", type=Path, help="corpus dir (generated there if missing)")
     parser.add_argument("--scale", type=float, help="corpus scale (default 1)")
@@ -280,14 +347,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="si_args",
         type=shlex.split,
         default=[],
-        help='extra arguments for streamimage only, e.g. --si-args="--compress gzip"; '
-        "adds reference|gzip and reference|pigz baselines and skips the identity check",
+        help='extra arguments for streamimage (and --baseline-cmd), e.g. --si-args="--compress'
+        ' gzip"; adds reference|gzip and reference|pigz baselines and skips the identity check'
+        " against the reference",
+    )
+    parser.add_argument(
+        "--baseline-cmd",
+        help='a second streamimage to A/B against, e.g. "env PYTHONPATH=/tmp/before python3 -P'
+        ' -m streamimage": run like --tool-cmd (conf path, then --si-args), alternating;'
+        " its output must be identical to streamimage's",
     )
     parser.add_argument("--pipe-size", type=int, default=1024 * 1024, help="0: kernel default")
     parser.add_argument("--log", type=Path, help="tools' stderr (default CORPUS/logs/compare.log)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.reference is None and not args.skip_reference:
+        parser.error(
+            "--reference (or env STREAMIMAGE_REFERENCE) is required without --skip-reference"
+        )
     return args
 
 
@@ -308,13 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     log: Path = args.log or Path(bench.directory) / "logs" / "compare.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.write(f"compare: tools' stderr goes to {log}\n")
-    report = run_all(args, bench, log)
+    with tempfile.TemporaryDirectory(prefix="compare-baseline-pycache.") as pycache:
+        report = run_all(args, bench, log, pycache)
     sys.stdout.write(render(report))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
     if any(s.failures for s in report.summaries):
         return 1
-    return 2 if report.identical is False else 0
+    return 2 if False in (report.identical, report.baseline_identical) else 0
 
 
 if __name__ == "__main__":
