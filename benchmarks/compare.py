@@ -1,6 +1,6 @@
 # Times the reference script and streamimage side by side on one corpus, plus GNU tar as
 # the floor. Rule: runs alternate (reference, streamimage, baseline, floors, ...) round by
-# round so drift hits every contender alike, and every contender's stdout goes through the
+# round, the order rotating each round, so drift and position hit every contender alike, and every contender's stdout goes through the
 # same consumer (runner.run_once); outputs must be byte-identical unless --si-args changes
 # them (a --baseline-cmd gets the same --si-args, so it must match streamimage either way).
 #
@@ -223,7 +223,11 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) ->
             raise RuntimeError(f"baseline warm-up failed ({primed.exit_code}): {log_tail(log)}")
     results: dict[str, list[RunResult]] = {c.name: [] for c in field}
     for round_no in range(1, args.runs + 1):
-        for contender in field:
+        # The order rotates round by round: a contender is not always the one that runs
+        # right after the floor's tar (seen here: the first tool of a round ran ~10 %
+        # slower whichever version it was, in an A/B of two copies of the same code).
+        shift = (round_no - 1) % len(field)
+        for contender in (*field[shift:], *field[:shift]):
             result = run_once(
                 f"{contender.name} #{round_no}",
                 contender.argv,
