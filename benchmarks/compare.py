@@ -1,8 +1,9 @@
 # Times the reference script and streamimage side by side on one corpus, plus GNU tar as
 # the floor. Rule: runs alternate (reference, streamimage, baseline, floors, ...) round by
-# round, the order rotating each round, so drift and position hit every contender alike, and every contender's stdout goes through the
-# same consumer (runner.run_once); outputs must be byte-identical unless --si-args changes
-# them (a --baseline-cmd gets the same --si-args, so it must match streamimage either way).
+# round, the order rotating each round, so drift and position hit every contender alike,
+# and every contender's stdout goes through the same consumer (runner.run_once); outputs
+# must be byte-identical unless --si-args changes them (a --baseline-cmd gets the same
+# --si-args, so it must match streamimage either way).
 #
 #   python -m benchmarks.compare --reference PATH [--corpus DIR | --scale S] [--runs N]
 #       [--json FILE] [--tool-cmd "python3 -m streamimage"] [--si-args="--compress gzip"]
