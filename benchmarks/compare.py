@@ -159,16 +159,16 @@ def contenders(args: argparse.Namespace, bench: Corpus, pycache: str) -> list[Co
         return found
     reference = (sys.executable, str(Path(args.reference).resolve()), bench.conf)
     found.insert(0, Contender(REFERENCE, reference, "tool"))
-    if args.si_args:
-        gzip = ("gzip", "-6")
-        found.append(
-            Contender("reference|gzip -6", tuple(shell_pipeline(reference, gzip)), "baseline")
-        )
-        if shutil.which("pigz"):
-            pigz = ("pigz", "-6")
-            found.append(
-                Contender("reference|pigz -6", tuple(shell_pipeline(reference, pigz)), "baseline")
-            )
+    # the whole archive compressed after the fact, as nixpkgs' `compressor` option does
+    compressors: list[tuple[str, ...]] = []
+    if any("zstd" in arg for arg in args.si_args):
+        compressors += [("zstd", "-3", "-T1"), ("zstd", "-3", "-T0")]
+    elif args.si_args:
+        compressors += [("gzip", "-6"), ("pigz", "-6")]
+    for compressor in compressors:
+        if shutil.which(compressor[0]):
+            argv = tuple(shell_pipeline(reference, compressor))
+            found.append(Contender(f"reference|{' '.join(compressor)}", argv, "baseline"))
     return found
 
 
@@ -353,8 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=shlex.split,
         default=[],
         help='extra arguments for streamimage (and --baseline-cmd), e.g. --si-args="--compress'
-        ' gzip"; adds reference|gzip and reference|pigz baselines and skips the identity check'
-        " against the reference",
+        ' gzip"; adds reference|gzip and reference|pigz baselines (reference|zstd -3 with'
+        " -T1 and -T0 for zstd) and skips the identity check against the reference",
     )
     parser.add_argument(
         "--baseline-cmd",

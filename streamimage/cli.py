@@ -37,6 +37,7 @@ from streamimage.options import (
     FORMAT_OCI,
     FORMAT_OCI_DIR,
     FORMATS,
+    ZSTD,
     Options,
     parse_compression,
     parse_size,
@@ -80,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compress",
         default="none",
-        metavar="none|gzip[:LEVEL]",
-        help="store the layers built here gzip-compressed, deterministically (LEVEL 0-3, "
-        "ISA-L's levels, default 1); base layers are copied as they are (default: none)",
+        metavar="none|gzip[:LEVEL]|zstd[:LEVEL]",
+        help="store the layers built here compressed, deterministically: gzip (LEVEL 0-3, "
+        "ISA-L's levels, default 1) or zstd (LEVEL 1-19, default 3); base layers are copied "
+        "as they are (default: none)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.add_argument(
@@ -266,13 +268,20 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
                 )
             if args.jobs < 1:
                 raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
+            compression = parse_compression(args.compress)
+            if compression.codec == ZSTD and args.format == FORMAT_DOCKER:
+                raise UsageError(
+                    f"--compress {args.compress} needs --format oci or oci-dir: a docker-archive "
+                    "has no media type for zstd layers (docker load before Docker 23 fails on "
+                    "them, skopeo refuses them)"
+                )
             if args.spool_dir is not None and not os.path.isdir(args.spool_dir):
                 raise UsageError(f"--spool-dir {args.spool_dir}: not a directory")
             options = Options(
                 hash_workers=args.jobs,
                 hash_in_processes=args.hash_in == "process",
                 format=args.format,
-                compression=parse_compression(args.compress),
+                compression=compression,
                 spool_dir=args.spool_dir,
                 spool_max=parse_size(args.spool_max, "--spool-max"),
             )

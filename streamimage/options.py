@@ -16,6 +16,9 @@ NONE = "none"
 GZIP = "gzip"
 GZIP_LEVELS = range(4)  # ISA-L's levels: 0 fastest ... 3 smallest
 GZIP_DEFAULT_LEVEL = 1  # benchmarks/README.md: zlib -1's ratio at about 6x its speed
+ZSTD = "zstd"
+ZSTD_LEVELS = range(1, 20)  # libzstd's regular levels: 1 fastest ... 19 smallest
+ZSTD_DEFAULT_LEVEL = 3  # benchmarks/README.md: libzstd's own default
 
 FORMAT_DOCKER = "docker"  # the reference's docker-archive, byte for byte
 FORMAT_OCI = "oci"  # one tar that is an OCI image layout and a docker-archive (Docker 25+)
@@ -25,7 +28,7 @@ FORMATS = (FORMAT_DOCKER, FORMAT_OCI, FORMAT_OCI_DIR)
 
 @dataclass(frozen=True, slots=True)
 class Compression:
-    """How the layers this tool builds are stored: ``none``, or ``gzip`` at ``level``."""
+    """How the layers this tool builds are stored: ``none``, or ``gzip``/``zstd`` at ``level``."""
 
     codec: str = NONE
     level: int = 0
@@ -42,7 +45,8 @@ UNCOMPRESSED = Compression()
 
 
 def parse_compression(text: str) -> Compression:
-    """``none``, ``gzip`` or ``gzip:LEVEL`` (LEVEL 0-3, ISA-L's levels; default 1).
+    """``none``, ``gzip[:LEVEL]`` (LEVEL 0-3, ISA-L's levels; default 1) or
+    ``zstd[:LEVEL]`` (LEVEL 1-19; default 3).
 
     Raises:
         UsageError: anything else.
@@ -50,15 +54,19 @@ def parse_compression(text: str) -> Compression:
     codec, colon, level_text = text.partition(":")
     if codec == NONE and not colon:
         return UNCOMPRESSED
-    if codec != GZIP:
-        raise UsageError(f"--compress {text!r}: expected none, gzip or gzip:LEVEL")
+    levels = {GZIP: (GZIP_LEVELS, GZIP_DEFAULT_LEVEL), ZSTD: (ZSTD_LEVELS, ZSTD_DEFAULT_LEVEL)}
+    if codec not in levels:
+        raise UsageError(f"--compress {text!r}: expected none, gzip[:LEVEL] or zstd[:LEVEL]")
+    allowed, default = levels[codec]
     if not colon:
-        return Compression(GZIP, GZIP_DEFAULT_LEVEL)
-    if not level_text.isdigit() or int(level_text) not in GZIP_LEVELS:
+        return Compression(codec, default)
+    # ASCII digits only: str.isdigit() also takes other scripts' digits
+    if not (level_text.isascii() and level_text.isdigit()) or int(level_text) not in allowed:
         raise UsageError(
-            f"--compress {text!r}: gzip LEVEL must be 0-3 (ISA-L's levels: 0 fastest, 3 smallest)"
+            f"--compress {text!r}: {codec} LEVEL must be {allowed.start}-{allowed.stop - 1}"
+            + (" (ISA-L's levels: 0 fastest, 3 smallest)" if codec == GZIP else "")
         )
-    return Compression(GZIP, int(level_text))
+    return Compression(codec, int(level_text))
 
 
 SPOOL_MAX = 2 * 1024**3  # bytes: the default spool budget

@@ -1,7 +1,7 @@
 """Helpers for the format tests: build a fixture in a format, read images back with tarfile.
 
-Rule: these read images with the standard library only (tarfile, gzip, json, hashlib), an
-oracle independent of streamimage's own code.
+Rule: these read images with the standard library only (tarfile, gzip, json, hashlib) and
+the zstd command for zstd layers, an oracle independent of streamimage's own code.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from tests import storegen
-from tests.conftest import FixtureStore
+from tests.conftest import FixtureStore, require_command
 
 GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def tar_members(data: bytes) -> dict[str, bytes]:
@@ -40,7 +42,15 @@ def tar_names(data: bytes) -> list[str]:
 
 
 def uncompressed(blob: bytes) -> bytes:
-    return gzip.decompress(blob) if blob.startswith(GZIP_MAGIC) else blob
+    """A layer blob decompressed: gzip (the stdlib), zstd (the zstd command), or as is."""
+    if blob.startswith(GZIP_MAGIC):
+        return gzip.decompress(blob)
+    if blob.startswith(ZSTD_MAGIC):
+        zstd = require_command("zstd")
+        proc = subprocess.run([zstd, "-d", "-c"], input=blob, capture_output=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    return blob
 
 
 def blob_name(digest: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,11 +25,14 @@ from streamimage.engine.compress import (
     compressed_chunks,
     encoder,
     gzip_bytes,
+    library_version,
+    zstd_bytes,
 )
 from streamimage.engine.framing import READ_SIZE, Chunk, FileSpan
 from streamimage.engine.walk import FileIdentity
 from streamimage.errors import ChangedError, UsageError
 from streamimage.options import GZIP_LEVELS, UNCOMPRESSED, Compression, parse_compression
+from tests.conftest import require_command
 
 GZIP_1 = Compression("gzip", 1)
 MIB = 1024 * 1024
@@ -68,13 +72,30 @@ def test_gzip_encoder_is_gzip_with_fixed_header_fields() -> None:
         ("gzip", Compression("gzip", 1)),
         ("gzip:0", Compression("gzip", 0)),
         ("gzip:3", Compression("gzip", 3)),
+        ("zstd", Compression("zstd", 3)),
+        ("zstd:1", Compression("zstd", 1)),
+        ("zstd:19", Compression("zstd", 19)),
     ],
 )
 def test_compress_option_parses_codec_and_level(text: str, expected: Compression) -> None:
     assert parse_compression(text) == expected
 
 
-@pytest.mark.parametrize("text", ["none:1", "gzip:", "gzip:4", "gzip:x", "xz"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "none:1",
+        "gzip:",
+        "gzip:4",
+        "gzip:x",
+        "xz",
+        "zstd:",
+        "zstd:0",
+        "zstd:20",
+        "zstd:-1",
+        "zstd:\u0663",
+    ],
+)
 def test_compress_option_rejects_other_values(text: str) -> None:
     with pytest.raises(UsageError):
         parse_compression(text)
@@ -237,3 +258,61 @@ def test_a_file_changed_while_read_is_a_changed_error(
         b"".join(pieces)
     assert expected
     assert str(raised.value).startswith(expected[0])
+
+
+# --- zstd -----------------------------------------------------------------------------
+# Oracle: the zstd command (a libzstd build of its own), not the library under test.
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zstd_command(*args: str, data: bytes) -> bytes:
+    proc = subprocess.run(
+        [require_command("zstd"), *args], input=data, capture_output=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("level", [1, 3, 19])
+def test_zstd_frames_are_what_the_zstd_command_reads_back(level: int, tmp_path: Path) -> None:
+    data = os.urandom(100_000) + b"layer tar " * 200_000 + bytes(3_000_000)
+    blob = zstd_bytes(data, level)
+    assert blob.startswith(ZSTD_MAGIC)
+    assert zstd_command("-d", "-c", data=blob) == data
+    (tmp_path / "blob.zst").write_bytes(blob)
+    listed = zstd_command("-lv", str(tmp_path / "blob.zst"), data=b"")
+    assert b"Check: XXH64" in listed  # its content checksum
+    # Frame_Header_Descriptor: content checksum flag set (bit 2), no content size (bits
+    # 6-7 and the single-segment bit 5 clear), no dictionary id (bits 0-1)
+    descriptor = blob[4]
+    assert descriptor & 0b100
+    assert descriptor & 0b1110_0011 == 0
+
+
+@pytest.mark.parametrize("piece", [1, 4097, 1 << 20, (1 << 20) + 1])
+def test_zstd_bytes_do_not_depend_on_how_the_input_is_split(piece: int) -> None:
+    data = (os.urandom(1 << 15) + b"abc" * 30_000) * 24  # more than two ZSTD_BLOCKs
+    compressor = encoder(Compression("zstd", 3))
+    view = memoryview(data)
+    stop = len(data) if piece > 1 else 100_000  # byte by byte: a prefix is enough
+    pieces = [compressor.compress(view[i : i + piece]) for i in range(0, stop, piece)]
+    expected = zstd_bytes(data[:stop], 3)
+    assert b"".join(pieces) + compressor.finish() == expected
+
+
+def test_compressed_chunks_of_zstd_are_the_zstd_of_the_whole(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(3 * (1 << 20)) + bytes(1 << 20))
+    st = path.stat()
+    chunks: list[Chunk] = [b"head" * 1000, FileSpan(str(path), st.st_size, FileIdentity.of(st))]
+    whole = b"head" * 1000 + path.read_bytes()
+    blob = b"".join(compressed_chunks(chunks, Compression("zstd", 3)))
+    assert blob == zstd_bytes(whole, 3)
+    assert zstd_command("-d", "-c", data=blob) == whole
+
+
+def test_the_library_versions_are_named() -> None:
+    assert re.fullmatch(r"isal \d+\.\d+\.\d+", library_version(Compression("gzip", 1)))
+    assert re.fullmatch(r"libzstd \d+\.\d+\.\d+", library_version(Compression("zstd", 3)))
+    assert library_version(UNCOMPRESSED) == ""
