@@ -19,11 +19,16 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from benchmarks import corpus
 from benchmarks.runner import RunResult, log_tail, median, run_once, shell_pipeline
+from streamimage.cli import load_conf
+from streamimage.engine.cache import DATABASE, DigestCache, KeyContext
+from streamimage.options import parse_compression
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "reference"
@@ -40,6 +45,7 @@ class Contender:
     # "tool" (reference, streamimage, --baseline-cmd's "baseline"), "floor", or "baseline"
     # (reference piped into a compressor)
     role: str
+    before: Callable[[], None] | None = None  # untimed, before each run
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +143,56 @@ def _hand_made_corpus(conf_path: Path) -> Corpus:
     )
 
 
+COLD = ("env", "STREAMIMAGE_NO_CACHE=1")  # the digest cache off: every layer hashed
+WARM = "streamimage warm"
+ONE_CHANGED = "si warm, 1 changed"
+
+
 def baseline_argv(args: argparse.Namespace, bench: Corpus, pycache: str) -> tuple[str, ...]:
     """--baseline-cmd with the conf and --si-args, its Python bytecode cached in `pycache`
-    (PYTHONPYCACHEPREFIX: nothing is written into the baseline's own tree)."""
+    (PYTHONPYCACHEPREFIX: nothing is written into the baseline's own tree), cold."""
     cmd = shlex.split(args.baseline_cmd)
-    return ("env", f"PYTHONPYCACHEPREFIX={pycache}", *cmd, bench.conf, *args.si_args)
+    return (*COLD, f"PYTHONPYCACHEPREFIX={pycache}", *cmd, bench.conf, *args.si_args)
+
+
+def warm_contenders(args: argparse.Namespace, bench: Corpus, log: Path) -> list[Contender]:
+    """streamimage with a digest cache of its own, filled by an untimed run: every layer a
+    hit; and with the last store layer's entry dropped before each run, as when an app's
+    store path changed between two builds (only that layer is hashed)."""
+    found = []
+    for name in (WARM, ONE_CHANGED):
+        cache = tempfile.mkdtemp(prefix="compare-cache.")
+        argv = (
+            "env",
+            "STREAMIMAGE_NO_CACHE=",
+            *shlex.split(args.tool_cmd),
+            bench.conf,
+            "--cache-dir",
+            cache,
+            *args.si_args,
+        )
+        filled = run_once(f"{name} (fill)", argv, log=log, cwd=REPO_ROOT)
+        if filled.exit_code != 0:
+            raise RuntimeError(f"filling the digest cache failed: {log_tail(log)}")
+        before = None if name == WARM else partial(forget_last_layer, bench, args, cache)
+        found.append(Contender(name, argv, "tool", before))
+    return found
+
+
+def forget_last_layer(bench: Corpus, args: argparse.Namespace, cache: str) -> None:
+    conf = load_conf(bench.conf, None)
+    at = args.si_args.index("--compress") if "--compress" in args.si_args else -1
+    compression = parse_compression(args.si_args[at + 1] if at >= 0 else "none")
+    context = KeyContext(conf.uid, conf.gid, conf.uname, conf.gname, conf.mtime, compression)
+    db = DigestCache(os.path.join(cache, DATABASE))
+    try:
+        db.drop(context.key(conf.store_layers[-1]))
+    finally:
+        db.close()
 
 
 def contenders(args: argparse.Namespace, bench: Corpus, pycache: str) -> list[Contender]:
-    tool = (*shlex.split(args.tool_cmd), bench.conf, *args.si_args)
+    tool = (*COLD, *shlex.split(args.tool_cmd), bench.conf, *args.si_args)
     names = [os.path.relpath(path, bench.store_dir) for path in bench.store_paths]
     tar = ("tar", "-C", bench.store_dir, "-cf", "-", "--", *names)
     found = [Contender(STREAMIMAGE, tool, "tool")]
@@ -209,6 +256,8 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) ->
     warm = run_once("warm-up", named[TAR_TO_HARNESS].argv, log=log, pipe_size=args.pipe_size)
     if warm.exit_code != 0:
         raise RuntimeError(f"warm-up tar failed ({warm.exit_code}): {log_tail(log)}")
+    if args.warm:
+        field += warm_contenders(args, bench, log)
     if BASELINE in named:
         # One untimed run writes the baseline's bytecode to its cache, as compile_package
         # does for streamimage: otherwise every timed run would compile its modules again
@@ -229,6 +278,8 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) ->
         # slower whichever version it was, in an A/B of two copies of the same code).
         shift = (round_no - 1) % len(field)
         for contender in (*field[shift:], *field[:shift]):
+            if contender.before is not None:
+                contender.before()
             result = run_once(
                 f"{contender.name} #{round_no}",
                 contender.argv,
@@ -311,6 +362,18 @@ def render(report: Report) -> str:
             " (> 1: streamimage faster than the baseline)"
         )
     lines.append(f"streamimage / floor (tar|openssl): {report.si_over_floor:.2f}x")
+    by_name = {s.name: s for s in report.summaries}
+    cold, floor, ref = by_name[STREAMIMAGE], by_name[FLOOR], by_name.get(REFERENCE)
+    for name in (WARM, ONE_CHANGED):
+        row = by_name.get(name)
+        if row is None:
+            continue
+        same = "yes" if row.sha256s == cold.sha256s else "NO"
+        versus = "" if ref is None else f"reference / it {ref.median_s / row.median_s:.2f}x, "
+        lines.append(
+            f"{name}: {versus}it / floor {row.median_s / floor.median_s:.2f}x, "
+            f"identical to the cold run: {same}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -333,6 +396,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip-reference",
         action="store_true",
         help="leave out the reference (and its gzip/pigz rows): a quick A/B with --baseline-cmd",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="also time streamimage with a filled digest cache (every layer a hit) and with "
+        "the last layer's entry dropped before each run (one layer hashed); the other "
+        "streamimage rows run with the cache off",
     )
     parser.add_argument("--corpus", type=Path, help="corpus dir (generated there if missing)")
     parser.add_argument("--scale", type=float, help="corpus scale (default 1)")

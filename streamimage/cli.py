@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import platformdirs
 
 from streamimage import __version__
 from streamimage.destinations.dockerarchive import write_docker_archive
@@ -44,6 +45,9 @@ from streamimage.options import (
 )
 from streamimage.report import Reporter
 from streamimage.spec import Conf, parse_conf
+
+CACHE_DIR_ENV = "STREAMIMAGE_CACHE_DIR"
+NO_CACHE_ENV = "STREAMIMAGE_NO_CACHE"
 
 
 class Interrupted(StreamImageError):
@@ -123,9 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="spool at most SIZE bytes at once (K, M, G suffixes), and at most half the "
         "free space; 0: never spool, frame each layer twice (default: 2G)",
     )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=os.environ.get(CACHE_DIR_ENV) or None,
+        help="where the digest cache keeps each layer's digests, so that a run over "
+        f"unchanged store paths needs no hash pass (default: ${CACHE_DIR_ENV}, else "
+        "the user's cache directory, e.g. ~/.cache/streamimage)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        default=bool(os.environ.get(NO_CACHE_ENV)),
+        help=f"neither read nor write the digest cache (also: ${NO_CACHE_ENV} set non-empty)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version=f"streamimage {__version__}")
     return parser
+
+
+def default_cache_dir() -> str:
+    """The user's cache directory for streamimage: $XDG_CACHE_HOME/streamimage on Linux."""
+    return platformdirs.user_cache_dir("streamimage", appauthor=False)
 
 
 def load_conf(path: str, repo_tag: str | None) -> Conf:
@@ -284,6 +307,7 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
                 compression=compression,
                 spool_dir=args.spool_dir,
                 spool_max=parse_size(args.spool_max, "--spool-max"),
+                cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
             )
             anyio.run(run, conf, args.output, reporter, options, opened)
         except BaseExceptionGroup as group:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import anyio
 
+from streamimage.engine.cache import CacheUnavailable, KeyContext, LayerCache, open_cache
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import spool_budget
 from streamimage.engine.timeline import Timeline
@@ -38,6 +39,10 @@ class Progress(Protocol):
     files: int
 
     def line(self, text: str) -> None: ...
+
+    def warn(self, text: str) -> None:
+        """Something the user may want to know (shown with -v), never a failure."""
+        ...
 
 
 class LayerWriter(Protocol):
@@ -76,6 +81,7 @@ class Image:
         encoder = HeaderEncoder(
             uid=conf.uid, gid=conf.gid, uname=conf.uname, gname=conf.gname, mtime=conf.mtime
         )
+        self._cache = self._open_cache(build)
         self._hashes = HashPass(
             store_layers,
             encoder,
@@ -83,6 +89,7 @@ class Image:
             workers=options.hash_workers,
             processes=options.hash_in_processes,
             spool=spool_budget(options.spool_dir, options.spool_max, 2 * len(store_layers)),
+            cache=self._cache,
         )
         built: list[Layer] = [
             StoreLayer(index, paths, self._hashes, encoder, build.progress)
@@ -94,6 +101,21 @@ class Image:
         base = build.base
         layers: list[Layer] = [] if base is None else [BaseImageLayer(base, x) for x in base.layers]
         self.layers: tuple[Layer, ...] = (*layers, *built)
+
+    @staticmethod
+    def _open_cache(build: Build) -> LayerCache | None:
+        conf, options = build.conf, build.options
+        if options.cache_dir is None:
+            return None
+        try:
+            db = open_cache(options.cache_dir)
+        except CacheUnavailable as exc:
+            build.progress.warn(f"{exc}: running without the digest cache")
+            return None
+        context = KeyContext(
+            conf.uid, conf.gid, conf.uname, conf.gname, conf.mtime, options.compression
+        )
+        return LayerCache(db, context, processes=options.hash_in_processes)
 
     @property
     def timelines(self) -> list[Timeline]:
@@ -132,6 +154,10 @@ class Image:
                         progress.line(_announcement(layer, number))
         finally:
             self._hashes.close()
+            if self._cache is not None:
+                self._cache.close()
+                if self._cache.warning is not None:
+                    progress.warn(self._cache.warning)
         progress.line("Adding manifests...")
         return records
 

@@ -95,3 +95,4 @@ class Options:
     compression: Compression = UNCOMPRESSED  # of the layers built here (base layers: as is)
     spool_dir: str | None = None  # where hash passes spool; None: the temporary directory
     spool_max: int = SPOOL_MAX  # bytes spooled at once, at most; 0: never spool
+    cache_dir: str | None = None  # where the digest cache is; None: no cache

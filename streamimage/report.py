@@ -57,6 +57,11 @@ class Reporter:
             self._current = text
             self._write(text)
 
+    def warn(self, text: str) -> None:
+        """Something not worth failing for, that the user may want to know: with -v."""
+        if self._verbose:
+            self._write(f"streamimage: warning: {text}")
+
     def note(self, text: str) -> None:
         """A remark about the input that the user should see even when quiet."""
         self._write(f"streamimage: note: {text}")
@@ -99,7 +104,7 @@ class Reporter:
         last line, each store layer's timeline with ``-v``, and the summary."""
         self.line("Done.")
         self._timeline(timelines)
-        self._summary(layers, size)
+        self._summary(layers, size, timelines)
 
     def _timeline(self, timelines: Sequence[Timeline]) -> None:
         if not self._verbose:
@@ -111,11 +116,20 @@ class Reporter:
             source = "framed again" if t.spooled is None else f"spool {t.spooled / 1e6:.1f} MB"
             if t.parts > 1:
                 source += f", hashed in {t.parts} processes"
+            if t.cache is not None:
+                source += f", cache {t.cache}"
             self.line(f"  {label}: hash {hash_pass}  stream {stream}  ({source})")
 
-    def _summary(self, layers: int, size: int) -> None:
+    def _summary(self, layers: int, size: int, timelines: Sequence[Timeline]) -> None:
         seconds = time.monotonic() - self._start
         rate = size / seconds / 1e6 if seconds > 0 else 0.0
+        said = [t.cache for t in timelines if t.cache is not None]
+        cache = ""
+        if said:
+            hits = sum(1 for s in said if s == "hit")
+            stored = sum(1 for s in said if s.endswith("stored"))
+            cache = f"; digest cache: {hits} hit, {len(said) - hits} missed, {stored} stored"
         self.line(
             f"streamimage: {layers} layers, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s)"
+            + cache
         )

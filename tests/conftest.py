@@ -18,6 +18,10 @@ import pytest
 
 from tests import storegen
 
+# The digest cache stays off unless a test asks for it (test_cache.py): a hit would skip
+# the hash passes other tests are about. Tool processes inherit this.
+os.environ["STREAMIMAGE_NO_CACHE"] = "1"
+
 
 @pytest.fixture
 def anyio_backend() -> str:

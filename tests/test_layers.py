@@ -312,6 +312,9 @@ class Lines:
     def line(self, text: str) -> None:
         self.lines.append(text)
 
+    def warn(self, text: str) -> None:
+        self.lines.append(f"warning: {text}")
+
 
 @pytest.mark.parametrize("compression", [UNCOMPRESSED, GZIP], ids=str)
 async def test_an_image_writes_base_store_and_customisation_layers_in_order(

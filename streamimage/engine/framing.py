@@ -10,6 +10,7 @@ every file is checked again after its content is read; any difference is a Chang
 
 from __future__ import annotations
 
+import hashlib
 import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -42,14 +43,18 @@ Chunk = bytes | FileSpan
 class Witness:
     """What the hash pass saw of each entry, for the stream pass to hold it to."""
 
-    __slots__ = ("_cursor", "_seen")
+    __slots__ = ("_cursor", "_seen", "newest_ctime_ns")
 
     def __init__(self) -> None:
         self._seen = array("q")
         self._cursor = 0
+        self.newest_ctime_ns = 0  # of the entries recorded: how recently the store changed
 
     def record(self, entry: Entry) -> None:
         self._seen.append(entry.fingerprint)
+        ctime = entry.identity.ctime_ns
+        if ctime > self.newest_ctime_ns:
+            self.newest_ctime_ns = ctime
 
     def check(self, entry: Entry) -> None:
         """Raises: ChangedError: the entry is not what the hash pass saw at this place."""
@@ -65,11 +70,30 @@ class Witness:
     def extend(self, other: Witness) -> None:
         """Append what ``other`` recorded (a later part of the same layer)."""
         self._seen.extend(other._seen)
+        self.newest_ctime_ns = max(self.newest_ctime_ns, other.newest_ctime_ns)
+
+    def digest(self) -> str:
+        """A sha256 of everything recorded, in order: the layer's fingerprint (cache.py)."""
+        return hashlib.sha256(self._seen.tobytes()).hexdigest()
 
     def check_complete(self, layer: str) -> None:
         """Raises: ChangedError: the stream pass met fewer entries than the hash pass."""
         if self._cursor != len(self._seen):
             raise ChangedError(f"{layer}: entries disappeared between the hash and stream passes")
+
+
+def witness_of(store_paths: Sequence[str]) -> Witness:
+    """What a walk of ``store_paths`` sees of every entry, as a hash pass records it.
+
+    Raises:
+        StoreError: a store path can't be walked.
+    """
+    witness = Witness()
+    record = witness.record
+    for store_path in store_paths:
+        for entry in walk_store_path(store_path):
+            record(entry)
+    return witness
 
 
 def check_unchanged(path: str, fd: int, identity: FileIdentity) -> None:

@@ -25,6 +25,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.from_thread import check_cancelled
 
+from streamimage.engine.cache import LayerCache
 from streamimage.engine.hashing import LayerHash, hash_layer, hash_layer_head
 from streamimage.engine.pipeline import grow_pipe
 from streamimage.engine.spool import SpoolBudget, SpooledPart, SpoolFile, spool_part
@@ -74,6 +75,7 @@ class HashPass:
         workers: int,
         processes: bool = True,
         spool: SpoolBudget | None = None,
+        cache: LayerCache | None = None,
     ) -> None:
         self.compression = compression  # what each pass compresses to, besides hashing
         self._layers = layers
@@ -82,6 +84,7 @@ class HashPass:
         self._slots = [_Slot() for _ in layers]
         self._processes = processes
         self._budget = spool
+        self._cache = cache
 
     def timeline(self, index: int) -> Timeline:
         """When layer ``index``'s passes ran (its stream pass's times are the caller's)."""
@@ -128,8 +131,29 @@ class HashPass:
 
     async def _hash(self, index: int) -> None:
         async with self._limiter:
-            await self._hash_whole(index)
+            if not await self._from_cache(index):
+                started = time.time()
+                await self._hash_whole(index)
+                await self._remember(index, started)
         self._slots[index].done.set()
+
+    async def _from_cache(self, index: int) -> bool:
+        """Finish layer ``index`` from the digest cache, if it has the layer as it is now."""
+        if self._cache is None:
+            return False
+        timeline = self._slots[index].timeline
+        timeline.hash_start = time.monotonic()
+        found = await self._cache.lookup(self._layers[index], timeline)
+        if found is None:
+            return False
+        self._finish(index, found)
+        return True
+
+    async def _remember(self, index: int, started: float) -> None:
+        if self._cache is not None:
+            slot = self._slots[index]
+            assert slot.result is not None
+            await self._cache.remember(self._layers[index], slot.result, slot.timeline, started)
 
     def _open_spool(self, index: int, part: int = 0) -> SpoolFile | None:
         """A spool for layer ``index``'s pass (part 1: a split pass's helper), or None."""
@@ -155,24 +179,33 @@ class HashPass:
     async def _hash_head(self, index: int, split: _Split) -> None:
         async with self._limiter:
             try:
-                head = self._open_spool(index)
-                helper = None if head is None else self._open_spool(index, 1)
-                if head is None or helper is None:  # no room for two spools: one pass
-                    self.release(index)
+                if await self._from_cache(index):
                     split.prepared.set()  # the helper is not needed
-                    await self._hash_whole(index)
                 else:
-                    receive, split.records = FORK.Pipe(duplex=False)
-                    grow_pipe(split.records.fileno())
-                    split.helper = helper
-                    split.prepared.set()
-                    try:
-                        await self._run_head(index, split, head, receive)
-                    finally:
-                        receive.close()
+                    started = time.time()
+                    await self._split_pass(index, split)
+                    await self._remember(index, started)
             finally:
                 split.prepared.set()
         self._slots[index].done.set()
+
+    async def _split_pass(self, index: int, split: _Split) -> None:
+        """Layer ``index`` hashed by two processes, if there is room for two spools."""
+        head = self._open_spool(index)
+        helper = None if head is None else self._open_spool(index, 1)
+        if head is None or helper is None:  # no room for two spools: one pass
+            self.release(index)
+            split.prepared.set()  # the helper is not needed
+            await self._hash_whole(index)
+        else:
+            receive, split.records = FORK.Pipe(duplex=False)
+            grow_pipe(split.records.fileno())
+            split.helper = helper
+            split.prepared.set()
+            try:
+                await self._run_head(index, split, head, receive)
+            finally:
+                receive.close()
 
     async def _run_head(
         self, index: int, split: _Split, head: SpoolFile, records: Connection

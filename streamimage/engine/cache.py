@@ -1,0 +1,303 @@
+"""The digest cache: each store layer's digests, kept between runs, so that a run over
+unchanged store paths needs no hash pass.
+
+IO: one SQLite database (WAL, a busy timeout) in the user's cache directory; ASYNC in
+LayerCache, which the scheduler asks before a layer's hash pass.
+Rule 1: a stale entry can never make a wrong image. The key is everything a layer's bytes
+depend on: its store paths in order, owner, names and mtime of its members, the framing's
+version, and for a compressed blob the compressor, its level and its library's version.
+An entry is used only when a walk of the store now gives the fingerprint it was stored
+with: the lstat of every entry (inode, size, mtime, ctime, mode; in walk order), as git's
+index holds a file to its stat; a file changed in place moves its ctime, one replaced moves
+its inode, an entry added or removed changes its directory and the count.
+An entry whose store changed less than RACY_SECONDS before its hash pass began is not
+stored ("racily clean", as git calls it): a file rewritten within one tick of a coarse
+file system clock keeps its stat. Each row carries a checksum of its fields, so a damaged
+database gives misses, not wrong digests.
+Rule 2: the cache is never a reason to fail: a database that can't be opened, read or
+written (missing, read-only, locked, corrupt, of another version) is a warning and a run
+without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from streamimage.engine.compress import library_version
+from streamimage.engine.framing import witness_of
+from streamimage.engine.hashing import LayerHash
+from streamimage.engine.timeline import Timeline
+from streamimage.engine.workers import run_in_child
+from streamimage.imagejson import Digest
+from streamimage.options import Compression
+
+T = TypeVar("T")
+
+FRAMING_VERSION = 1  # raise when framing.layer_chunks frames a layer differently
+SCHEMA_VERSION = 1  # of the database; another version is a database to leave alone
+DATABASE = "digests.sqlite3"
+BUSY_TIMEOUT = 2.0  # seconds to wait for another run's write (a write takes milliseconds)
+RACY_SECONDS = 2.0  # a store changed this close to its hash pass is not cached (see above)
+KEEP_SECONDS = 30 * 24 * 3600  # entries not used for 30 days are pruned
+KEEP_ENTRIES = 20_000  # and no more than these, the least recently used first
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    diff_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    blob_digest TEXT NOT NULL,
+    blob_size INTEGER NOT NULL,
+    used REAL NOT NULL,
+    checksum TEXT NOT NULL
+);
+"""
+
+
+class CacheUnavailable(Exception):
+    """The cache can't be used in this run (the message says why); never shown as an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyContext:
+    """What every store layer's bytes depend on besides its store paths."""
+
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    mtime: int
+    compression: Compression
+
+    def key(self, store_paths: Sequence[str]) -> str:
+        """The cache key of the layer of ``store_paths``."""
+        document = {
+            "framing": FRAMING_VERSION,
+            # a witness holds hash() of int tuples: stable across processes and runs, but
+            # CPython doesn't promise it across versions
+            "python": list(sys.version_info[:2]),
+            "paths": list(store_paths),
+            "owner": [self.uid, self.gid, self.uname, self.gname],
+            "mtime": self.mtime,
+            "compression": str(self.compression),
+            "library": library_version(self.compression),
+        }
+        text = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDigests:
+    """A layer's digests, and the fingerprint of the store they were found on."""
+
+    fingerprint: str
+    diff_id: Digest
+    size: int
+    blob_digest: Digest
+    blob_size: int
+
+    def checksum(self, key: str) -> str:
+        fields = (key, self.fingerprint, self.diff_id, self.size, self.blob_digest, self.blob_size)
+        return hashlib.sha256(" ".join(map(str, fields)).encode()).hexdigest()
+
+
+class DigestCache:
+    """The database, opened; every method raises CacheUnavailable rather than sqlite3's
+    errors. One connection, used from one thread at a time (the caller's lock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise CacheUnavailable(f"{path}: {exc}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # No fsync: under GBs of dirty spool pages one can take seconds (ext4 flushes
+            # them all); a crash may lose or damage recent rows, which the row checksums and
+            # the fingerprints turn into misses.
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if row is None:
+                with self._db:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                    )
+            elif row[0] != str(SCHEMA_VERSION):
+                raise CacheUnavailable(f"{path}: schema version {row[0]}, not {SCHEMA_VERSION}")
+        except (sqlite3.Error, CacheUnavailable) as exc:
+            self._db.close()
+            if isinstance(exc, CacheUnavailable):
+                raise
+            raise CacheUnavailable(f"{path}: {exc}") from None
+
+    def get(self, key: str) -> CachedDigests | None:
+        """The entry of ``key``, marked as used now; None if there is none."""
+        try:
+            row = self._db.execute(
+                "SELECT fingerprint, diff_id, size, blob_digest, blob_size, checksum "
+                "FROM layers WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is None:
+                return None
+            with self._db:
+                self._db.execute("UPDATE layers SET used = ? WHERE key = ?", (time.time(), key))
+        except sqlite3.Error as exc:
+            raise CacheUnavailable(f"{self.path}: {exc}") from None
+        fingerprint, diff_id, size, blob_digest, blob_size, checksum = row
+        try:
+            entry = CachedDigests(
+                str(fingerprint),
+                Digest.parse(diff_id),
+                int(size),
+                Digest.parse(blob_digest),
+                int(blob_size),
+            )
+        except (ValueError, TypeError):
+            return None  # a damaged row: a miss
+        return entry if entry.checksum(key) == checksum else None
+
+    def put(self, key: str, entry: CachedDigests) -> None:
+        """Remember ``entry`` under ``key`` (replacing what was there), and prune."""
+        now = time.time()
+        try:
+            with self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        entry.fingerprint,
+                        str(entry.diff_id),
+                        entry.size,
+                        str(entry.blob_digest),
+                        entry.blob_size,
+                        now,
+                        entry.checksum(key),
+                    ),
+                )
+                self._db.execute("DELETE FROM layers WHERE used < ?", (now - KEEP_SECONDS,))
+                self._db.execute(
+                    "DELETE FROM layers WHERE key NOT IN "
+                    "(SELECT key FROM layers ORDER BY used DESC LIMIT ?)",
+                    (KEEP_ENTRIES,),
+                )
+        except sqlite3.Error as exc:
+            raise CacheUnavailable(f"{self.path}: {exc}") from None
+
+    def drop(self, key: str) -> None:
+        """Forget the entry of ``key``."""
+        try:
+            with self._db:
+                self._db.execute("DELETE FROM layers WHERE key = ?", (key,))
+        except sqlite3.Error as exc:
+            raise CacheUnavailable(f"{self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_cache(directory: str) -> DigestCache:
+    """The cache database in ``directory``, created (with the directory) if need be.
+
+    Raises:
+        CacheUnavailable: it can't be used; the message says why.
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CacheUnavailable(f"{directory}: {exc.strerror or exc}") from None
+    return DigestCache(os.path.join(directory, DATABASE))
+
+
+class LayerCache:
+    """The digest cache as the hash passes use it: asked before a layer's pass (a hit needs
+    a walk of the store, no hash), told its digests after. Every database call runs in a
+    worker thread, one at a time; the first failure turns the cache off for the run and
+    is kept in ``warning``."""
+
+    def __init__(self, db: DigestCache, context: KeyContext, *, processes: bool) -> None:
+        self._db: DigestCache | None = db
+        self._context = context
+        self._processes = processes
+        self._lock = anyio.Lock()
+        self.warning: str | None = None
+
+    async def _call(self, func: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            if self._db is None:
+                raise CacheUnavailable(self.warning or "off")
+            try:
+                return await anyio.to_thread.run_sync(func, *args)
+            except CacheUnavailable as exc:
+                self.warning = f"{exc}: running without the digest cache"
+                self.close()
+                raise
+
+    async def lookup(self, store_paths: Sequence[str], timeline: Timeline) -> LayerHash | None:
+        """The layer's digests if the cache has them for the store as it is now, with the
+        witness of that walk for its stream pass; None: hash it (``timeline`` says why)."""
+        key = self._context.key(store_paths)
+        try:
+            entry = await self._call(lambda: self._db.get(key) if self._db else None)
+        except CacheUnavailable:
+            return None
+        if entry is None:
+            timeline.cache = "miss (new key)"
+            return None
+        if self._processes:  # lstat-bound Python: away from the stream pass's GIL
+            witness = await run_in_child(witness_of, store_paths)
+        else:
+            witness = await anyio.to_thread.run_sync(witness_of, store_paths)
+        if witness.digest() != entry.fingerprint:
+            timeline.cache = "miss (fingerprint changed)"
+            return None
+        timeline.cache = "hit"
+        return LayerHash(
+            entry.diff_id, entry.size, entry.blob_digest, entry.blob_size, witness, None
+        )
+
+    async def remember(
+        self, store_paths: Sequence[str], found: LayerHash, timeline: Timeline, started: float
+    ) -> None:
+        """Keep the digests a hash pass found, with the fingerprint of what it walked,
+        unless the store changed less than RACY_SECONDS before ``started`` (time.time()
+        when the pass began) or after it."""
+        if found.witness.newest_ctime_ns >= (started - RACY_SECONDS) * 1e9:
+            timeline.cache = f"{timeline.cache or 'miss'}, not stored (the store just changed)"
+            return
+        key = self._context.key(store_paths)
+        entry = CachedDigests(
+            found.witness.digest(), found.diff_id, found.size, found.blob_digest, found.blob_size
+        )
+        try:
+            await self._call(lambda: self._db.put(key, entry) if self._db else None)
+        except CacheUnavailable:
+            return
+        timeline.cache = f"{timeline.cache or 'miss'}, stored"
+
+    async def drop(self, store_paths: Sequence[str]) -> None:
+        """Forget the layer's entry (its digests were proved wrong)."""
+        key = self._context.key(store_paths)
+        with contextlib.suppress(CacheUnavailable):
+            await self._call(lambda: self._db.drop(key) if self._db else None)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
