@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import signal
+import stat
 import sys
 import tempfile
 import traceback
@@ -146,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_file(path: str) -> None:
+    """Raises: UsageError: ``-o PATH`` can't name an image file (empty, a directory)."""
+    if not path:
+        raise UsageError("-o '': not a file name")
+    if path.endswith("/") or os.path.isdir(path):
+        raise UsageError(f"-o {path}: is a directory; name a file (or use --format oci-dir)")
+
+
 def default_cache_dir() -> str:
     """The user's cache directory for streamimage: $XDG_CACHE_HOME/streamimage on Linux."""
     return platformdirs.user_cache_dir("streamimage", appauthor=False)
@@ -173,11 +182,13 @@ def load_conf(path: str, repo_tag: str | None) -> Conf:
 
 @contextmanager
 def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterator[FdSink]:
-    """stdout, or a temporary file beside ``path`` that becomes ``path`` only on success.
-    The sink is also appended to ``opened``, for main to see a write left stuck.
+    """stdout; or ``path``: a symlink is followed; a regular file (or nothing) is written
+    as a temporary file beside it that becomes it only on success; a device, FIFO or
+    socket is opened and written through, never replaced. The sink is also appended to
+    ``opened``, for main to see a write left stuck.
 
     Raises:
-        OutputError: the file can't be created or renamed.
+        OutputError: the file can't be created, opened or renamed.
     """
     if path is None:
         grow_pipe(STDOUT)  # one write of a batch: one wake-up of the reader, not sixteen
@@ -186,7 +197,15 @@ def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterato
             opened.append(sink)
         yield sink
         return
-    directory, name = os.path.split(os.path.abspath(path))
+    target = os.path.realpath(path)  # the file a symlink names is the output, not the link
+    try:
+        special = not stat.S_ISREG(os.stat(target).st_mode)
+    except OSError:
+        special = False  # nothing there yet (or unreadable: creating it will say)
+    if special:
+        yield from _write_through(path, target, opened)
+        return
+    directory, name = os.path.split(target)
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
     except OSError as exc:
@@ -201,12 +220,30 @@ def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterato
         os.fchmod(fd, 0o666 & ~umask)  # what open() would have made; mkstemp makes 0600
         os.close(fd)
         fd = -1
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException:
         if fd >= 0 and not sink.busy:  # a stuck write still holds the fd: leave it
             os.close(fd)
         os.unlink(temporary)
         raise
+
+
+def _write_through(path: str, target: str, opened: list[FdSink] | None) -> Iterator[FdSink]:
+    """A device, FIFO or socket as the output: opened (a FIFO waits for its reader) and
+    written, as a shell's redirection would; renaming over it would replace the node."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open for writing: {exc.strerror or exc}") from None
+    grow_pipe(fd)
+    sink = FdSink(fd, path)
+    if opened is not None:
+        opened.append(sink)
+    try:
+        yield sink
+    finally:
+        if not sink.busy:
+            os.close(fd)
 
 
 async def _watch_signals() -> None:
@@ -285,6 +322,8 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
             conf = load_conf(args.conf, args.repo_tag)
             if args.format == FORMAT_OCI_DIR and args.output is None:
                 raise UsageError("--format oci-dir writes a directory: name it with -o DIR")
+            if args.output is not None and args.format != FORMAT_OCI_DIR:
+                check_output_file(args.output)
             if args.output is None and os.isatty(STDOUT):
                 raise UsageError(
                     "refusing to write an image to a terminal: redirect stdout or use -o FILE"

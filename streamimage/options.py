@@ -80,7 +80,8 @@ def parse_size(text: str, option: str) -> int:
         UsageError: anything else.
     """
     digits, unit = (text[:-1], text[-1:].upper()) if text[-1:].isalpha() else (text, "")
-    if not digits.isdigit() or unit not in _SIZE_UNITS:
+    # ASCII digits only: str.isdigit() also takes other scripts' digits ("٣" is 3)
+    if not (digits.isascii() and digits.isdigit()) or unit not in _SIZE_UNITS:
         raise UsageError(f"{option} {text!r}: expected a size such as 0, 512M or 2G")
     return int(digits) * _SIZE_UNITS[unit]
 
