@@ -29,7 +29,7 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.engine.pipeline import STDOUT, FdSink, grow_pipe
-from streamimage.engine.workers import cpu_workers
+from streamimage.engine.workers import STOP_SIGNALS, cpu_workers
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
 from streamimage.image import Build, Image
 from streamimage.layers.base import open_base_image
@@ -247,7 +247,7 @@ def _write_through(path: str, target: str, opened: list[FdSink] | None) -> Itera
 
 
 async def _watch_signals() -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             raise Interrupted(signum)
 

@@ -321,6 +321,33 @@ def test_signal_stops_a_run_blocked_on_its_reader(
     print(f"{signum.name}: exited {took:.3f} s after the signal")  # noqa: T201
 
 
+OTHER_STOP_SIGNALS = [signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM]
+
+
+@pytest.mark.parametrize("signum", OTHER_STOP_SIGNALS, ids=lambda s: s.name)
+def test_every_stopping_signal_cleans_up_as_int_and_term_do(
+    big_store: Store, tmp_path: Path, signum: signal.Signals
+) -> None:
+    # Mid-run, writing -o FILE: one line, 128+N, no worker left, no .part and no file.
+    out = tmp_path / "out" / "image.tar"
+    out.parent.mkdir()
+    with popen(big_store, "-o", str(out), stdout=subprocess.DEVNULL) as proc:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + STOP_BOUND
+        while not (list(out.parent.iterdir()) and len(group_members(proc.pid)) > 1):
+            assert proc.poll() is None, "the run ended before it could be stopped"
+            assert time.monotonic() < deadline, "no .part file and worker seen"
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        try:
+            status = proc.wait(STOP_BOUND)
+        finally:
+            proc.kill()
+        assert group_members(proc.pid) == [], "a hash worker outlived the run"
+        assert_failed(status, b"", proc.stderr.read(), 128 + signum, signum.name)
+    assert list(out.parent.iterdir()) == []
+
+
 # --- in-process fault injection into the pipeline ------------------------------------
 
 

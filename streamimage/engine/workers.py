@@ -25,13 +25,27 @@ T = TypeVar("T")
 
 FORK = multiprocessing.get_context("fork")
 
+# The signals whose default is to end a process, and that a user or a supervisor sends to
+# stop a run: the command line turns each into a clean stop (one line, its spool and
+# workers gone, no partial output left), a worker dies of it. SIGPIPE is not among them:
+# Python ignores it, and a reader gone is an EPIPE that says so.
+STOP_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+)
+
 
 def _child(send: Connection, func: Callable[..., T], args: tuple[Any, ...]) -> None:
     # In the forked child. The parent's signal handling is the parent's: its wakeup fd
     # would carry a signal the child got to the parent's event loop. stdout is the image,
     # and not the child's to keep open.
     signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     fd = os.open(os.devnull, os.O_WRONLY)
     os.dup2(fd, STDOUT)
