@@ -11,82 +11,23 @@ dockerd fails; a daemon that can't start here skips, with its log.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import storegen
-from tests.conftest import FixtureStore, require_command
+from tests.conftest import FixtureStore
+from tests.daemons import Client, dockerd
 from tests.images import conf_with_base, private_fixture, tar_members
 
 pytestmark = pytest.mark.clients
 
-START_BOUND = 30  # seconds for the daemon to answer
-TIMEOUT = 120  # seconds per docker command
-
-
-class Docker:
-    def __init__(self, socket: Path) -> None:
-        self.env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["docker", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-        assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
-        return proc
-
 
 @pytest.fixture
-def docker(tmp_path: Path) -> Iterator[Docker]:
-    dockerd = require_command("dockerd")
-    require_command("docker")
-    # unix socket paths hold 108 bytes at most: a short directory of its own
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"si-dockerd-{os.getpid()}-{time.time_ns()}"
-    root.mkdir()
-    socket = root / "docker.sock"
-    log = (tmp_path / "dockerd.log").open("wb")
-    argv = [dockerd, "--data-root", str(root / "data"), "--exec-root", str(root / "exec")]
-    argv += ["--pidfile", str(root / "docker.pid"), "-H", f"unix://{socket}"]
-    argv += ["--storage-driver", "vfs", "--iptables=false", "--ip6tables=false", "--bridge=none"]
-    daemon = subprocess.Popen(
-        argv,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    client = Docker(socket)
-    try:
-        deadline = time.monotonic() + START_BOUND
-        while True:
-            probe = subprocess.run(
-                ["docker", "version"], env=client.env, capture_output=True, check=False
-            )
-            if probe.returncode == 0:
-                break
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                tail = (tmp_path / "dockerd.log").read_text(errors="replace")[-2000:]
-                pytest.skip(f"dockerd did not start here:\n{tail}")
-            time.sleep(0.1)
+def docker(tmp_path: Path) -> Iterator[Client]:
+    with dockerd(tmp_path) as client:
         yield client
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +52,7 @@ def diff_ids(image: Path) -> list[str]:
     ids=["docker", "oci", "oci-gzip"],
 )
 def test_docker_loads_the_image(
-    docker: Docker,
+    docker: Client,
     from_image: storegen.BuiltFixture,
     tool_cmd: list[str],
     tmp_path: Path,
@@ -135,7 +76,7 @@ def test_docker_loads_the_image(
 
 
 def test_docker_refuses_a_layer_that_is_not_its_diff_id(
-    docker: Docker, from_image: storegen.BuiltFixture, tool_cmd: list[str], tmp_path: Path
+    docker: Client, from_image: storegen.BuiltFixture, tool_cmd: list[str], tmp_path: Path
 ) -> None:
     # What makes the test above worth something: docker load checks every layer.
     conf = conf_with_base(from_image.root, None, "conf-no-base.json")
@@ -146,13 +87,6 @@ def test_docker_refuses_a_layer_that_is_not_its_diff_id(
     at = data.index(b"greeting=hello")  # the customisation layer's file content
     data[at] ^= 0x20
     image.write_bytes(data)
-    proc = subprocess.run(
-        ["docker", "load", "-i", str(image)],
-        env=docker.env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    proc = docker.attempt("load", "-i", str(image))
     assert proc.returncode != 0
     assert "invalid diffID for layer" in proc.stderr, proc.stderr

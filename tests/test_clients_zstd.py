@@ -22,12 +22,9 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +32,12 @@ import pytest
 
 from tests import storegen
 from tests.conftest import FixtureStore, require_command, sha256_hex
+from tests.daemons import Client, attempt, containerd, dockerd
 from tests.images import OciImage, blob_name, build, read_dir, tar_members
 
 pytestmark = pytest.mark.clients
 
 TIMEOUT = 120  # seconds per client command
-START_BOUND = 30  # seconds for a daemon to answer
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 frame magic, little-endian 0xFD2FB528
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -62,16 +59,8 @@ BASE_SH = f"{storegen.store_path('base-tools')}/bin/sh"  # from the from_image b
 FIXTURES = list(ENTRIES)
 
 
-def _attempt(
-    cmd: Sequence[str], env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=TIMEOUT, check=False, env=env
-    )
-
-
 def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    proc = _attempt(cmd, env)
+    proc = attempt(cmd, env)
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr}"
     return proc
 
@@ -222,29 +211,16 @@ def test_skopeo_copies_the_zstd_oci_dir_and_umoci_unpacks_it_recompressed_gzip(
 # --- podman ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Podman:
-    """podman on throwaway vfs storage."""
-
-    argv: list[str]
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _run([*self.argv, *args])
-
-    def attempt(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _attempt([*self.argv, *args])
-
-
 @pytest.fixture
-def podman(tmp_path: Path) -> Iterator[Podman]:
+def podman(tmp_path: Path) -> Iterator[Client]:
     command = require_command("podman")
     # podman refuses a runroot longer than 50 characters: pytest's tmp_path is too long.
     with tempfile.TemporaryDirectory(prefix="si-podman-") as runroot:
         argv = [command, "--root", str(tmp_path / "root"), "--runroot", runroot]
-        yield Podman([*argv, "--storage-driver", "vfs"])
+        yield Client([*argv, "--storage-driver", "vfs"])
 
 
-def _podman_loads(podman: Podman, image: Path, fixture: storegen.BuiltFixture) -> None:
+def _podman_loads(podman: Client, image: Path, fixture: storegen.BuiltFixture) -> None:
     """Load ``image``: its RootFS layers must be its diff_ids, its files the fixture's."""
     podman("load", "-q", "-i", str(image))
     tag = f"localhost/streamimage-test/{fixture.id}:latest"
@@ -261,7 +237,7 @@ def _podman_loads(podman: Podman, image: Path, fixture: storegen.BuiltFixture) -
 @pytest.mark.parametrize("fixture_id", FIXTURES)
 def test_podman_loads_the_zstd_oci_archive_into_fresh_storage(
     tmp_path: Path,
-    podman: Podman,
+    podman: Client,
     fixture_store: FixtureStore,
     tool_cmd: list[str],
     fixture_id: str,
@@ -274,78 +250,19 @@ def test_podman_loads_the_zstd_oci_archive_into_fresh_storage(
 # --- containerd ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Ctr:
-    """ctr on a containerd of its own, in namespace ``test``, native snapshotter."""
-
-    argv: list[str]
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _run([*self.argv, *args])
-
-
-# Plugins that need kernel features or a CRI setup; the native snapshotter needs neither.
-CONTAINERD_DISABLED = [
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.overlayfs",
-    "io.containerd.snapshotter.v1.zfs",
-]
-
-
 @pytest.fixture
-def ctr(tmp_path: Path) -> Iterator[Ctr]:
-    containerd = require_command("containerd")
-    ctr_command = require_command("ctr")
-    # unix socket paths hold 108 bytes at most: a short directory of its own
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"si-ctrd-{os.getpid()}-{time.time_ns()}"
-    root.mkdir()
-    socket = root / "c.sock"
-    config = root / "config.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{root / "root"}"\n'
-        f'state = "{root / "state"}"\n'
-        f"disabled_plugins = {json.dumps(CONTAINERD_DISABLED)}\n"
-        f'[grpc]\n  address = "{socket}"\n'
-        # else it makes /opt/containerd
-        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{root / "opt"}"\n'
-    )
-    log_path = tmp_path / "containerd.log"
-    log = log_path.open("wb")
-    daemon = subprocess.Popen(
-        [containerd, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    client = Ctr([ctr_command, "--address", str(socket), "-n", "test"])
-    try:
-        deadline = time.monotonic() + START_BOUND
-        # ctr waits for a socket that isn't there yet (10 s) unless told otherwise
-        probe = [*client.argv, "--connect-timeout", "1s", "version"]
-        while daemon.poll() is not None or _attempt(probe).returncode != 0:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"containerd did not start here:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+def ctr(tmp_path: Path) -> Iterator[Client]:
+    with containerd(tmp_path) as client:
         yield client
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def _table(ctr: Ctr, *args: str) -> dict[str, list[str]]:
+def _table(ctr: Client, *args: str) -> dict[str, list[str]]:
     """A table ctr prints (images ls, images check, snapshots ls): first column -> row."""
     lines = ctr(*args).stdout.splitlines()[1:]
     return {line.split()[0]: line.split() for line in lines if line.strip()}
 
 
-def _unpacked_rootfs(ctr: Ctr, diff_ids: list[str]) -> Path:
+def _unpacked_rootfs(ctr: Client, diff_ids: list[str]) -> Path:
     """Check the committed snapshots are the image's chain; a view of the top one (with the
     native snapshotter a copy, nothing mounted) is the rootfs."""
     chain = _chain_ids(diff_ids)
@@ -359,7 +276,7 @@ def _unpacked_rootfs(ctr: Ctr, diff_ids: list[str]) -> Path:
     return Path(mounts[0]["Source"])
 
 
-def _check_complete(ctr: Ctr, ref: str, unpacked: bool) -> None:
+def _check_complete(ctr: Client, ref: str, unpacked: bool) -> None:
     row = " ".join(_table(ctr, "images", "check", "--snapshotter", "native")[ref])
     assert re.search(r"complete \((\d+)/\1\)", row), row
     assert row.endswith(" true" if unpacked else " false"), row
@@ -369,7 +286,7 @@ def _check_complete(ctr: Ctr, ref: str, unpacked: bool) -> None:
 @pytest.mark.parametrize("fixture_id", FIXTURES)
 def test_containerd_imports_and_unpacks_the_zstd_oci_archive(
     tmp_path: Path,
-    ctr: Ctr,
+    ctr: Client,
     fixture_store: FixtureStore,
     tool_cmd: list[str],
     fixture_id: str,
@@ -396,52 +313,14 @@ def test_containerd_imports_and_unpacks_the_zstd_oci_archive(
 # (--format docker --compress zstd is refused: test_formats.py; these are the reasons.)
 
 
-class Docker:
-    def __init__(self, socket: Path) -> None:
-        self.env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _run(["docker", *args], self.env)
-
-    def attempt(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _attempt(["docker", *args], self.env)
-
-
 @pytest.fixture
-def docker(tmp_path: Path) -> Iterator[Docker]:
-    dockerd = require_command("dockerd")
-    require_command("docker")
-    # unix socket paths hold 108 bytes at most: a short directory of its own
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"si-dockerd-{os.getpid()}-{time.time_ns()}"
-    root.mkdir()
-    socket = root / "docker.sock"
-    log_path = tmp_path / "dockerd.log"
-    log = log_path.open("wb")
-    argv = [dockerd, "--data-root", str(root / "data"), "--exec-root", str(root / "exec")]
-    argv += ["--pidfile", str(root / "docker.pid"), "-H", f"unix://{socket}"]
-    argv += ["--storage-driver", "vfs", "--iptables=false", "--ip6tables=false", "--bridge=none"]
-    daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    client = Docker(socket)
-    try:
-        deadline = time.monotonic() + START_BOUND
-        while client.attempt("version").returncode != 0:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"dockerd did not start here:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+def docker(tmp_path: Path) -> Iterator[Client]:
+    with dockerd(tmp_path) as client:
         yield client
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _docker_20_refuses(
-    docker: Docker, fixture_store: FixtureStore, tool_cmd: list[str], fmt: str, tmp_path: Path
+    docker: Client, fixture_store: FixtureStore, tool_cmd: list[str], fmt: str, tmp_path: Path
 ) -> None:
     """Docker 20.10 knows no zstd: it untars the compressed bytes as they are. Then the same
     image with gzip layers loads in the same daemon (zstd first: a daemon that already holds
@@ -462,7 +341,7 @@ def _docker_20_refuses(
 
 
 def test_docker_20_cannot_load_the_zstd_oci_archive(
-    tmp_path: Path, docker: Docker, fixture_store: FixtureStore, tool_cmd: list[str]
+    tmp_path: Path, docker: Client, fixture_store: FixtureStore, tool_cmd: list[str]
 ) -> None:
     # The dual tar's manifest.json names the same zstd blobs: docker load reads those.
     _docker_20_refuses(docker, fixture_store, tool_cmd, "oci", tmp_path)
