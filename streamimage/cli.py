@@ -47,6 +47,7 @@ from streamimage.options import (
 from streamimage.report import Reporter
 from streamimage.spec import Conf, parse_conf
 
+CONF_MAX = 64 * 2**20  # bytes: nixpkgs' confs are kilobytes (a conf of 10,000 paths: ~1 MB)
 CACHE_DIR_ENV = "STREAMIMAGE_CACHE_DIR"
 NO_CACHE_ENV = "STREAMIMAGE_NO_CACHE"
 
@@ -168,14 +169,18 @@ def load_conf(path: str, repo_tag: str | None) -> Conf:
     """
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(CONF_MAX + 1)  # a bound: the conf may be /dev/zero
     except FileNotFoundError:
         raise ConfError(f"{path}: conf file does not exist") from None
     except OSError as exc:
         raise ConfError(f"{path}: cannot read conf: {exc.strerror or exc}") from None
+    if len(data) > CONF_MAX:
+        raise ConfError(f"{path}: larger than {CONF_MAX // 2**20} MiB: not a conf")
     try:
         document: Any = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ConfError(f"{path}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
         raise ConfError(f"{path}: not valid JSON: {exc}") from None
     return parse_conf(document, path, repo_tag=repo_tag or None)
 

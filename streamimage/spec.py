@@ -70,12 +70,17 @@ def parse_time(value: object, key: str, where: str, now: datetime) -> datetime:
         raise ConfError(f"{where}: {key} {value!r} is not an ISO 8601 time or 'now'") from None
 
 
+ID_DIGITS = 40  # of a numeric string id: tar's PAX records take any size, ints don't
+
+
 def _id(conf: dict[str, Any], key: str, where: str) -> int:
     value = _get(conf, key, where)
     # nixpkgs passes ids through `--arg`, so they arrive as numeric strings
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        if len(value.strip()) > ID_DIGITS:
+            raise ConfError(f"{where}: {key} has {len(value.strip())} digits: too large")
         number = int(value)
     else:
         raise ConfError(f"{where}: {key} must be a non-negative number, not {value!r}")
@@ -152,6 +157,8 @@ def parse_conf(
     from_image = _get(conf, "from_image", where)
     if from_image is not None and not isinstance(from_image, str):
         raise ConfError(f"{where}: from_image must be a path or null, not {_kind(from_image)}")
+    if from_image == "":
+        raise ConfError(f"{where}: from_image must be a path or null, not an empty string")
 
     if repo_tag is None:
         repo_tag = _string(conf, "repo_tag", where)

@@ -673,3 +673,18 @@ def test_an_oci_diff_id_count_other_than_the_layer_count_is_refused(archive_path
     message = refusal(write_tar(archive_path, entries))
     assert f"blobs/sha256/{sha256_hex(manifest_blob)} lists 1 layers but" in message
     assert "has 2 diff_ids" in message
+
+
+def test_a_base_config_env_of_other_than_strings_is_refused(archive_path: Path) -> None:
+    archive = DockerArchive(config={"Env": ["A=1", 2, None]})
+    assert "config.Env is not a list of strings" in refusal(archive.write(archive_path))
+
+
+def test_an_archive_cut_short_is_refused_by_name(archive_path: Path) -> None:
+    whole = Path(DockerArchive().write(archive_path)).read_bytes()
+    archive_path.write_bytes(whole[: len(whole) // 2 + 100])  # inside a member
+    assert "from_image is cut short or damaged" in refusal(str(archive_path))
+
+
+def test_a_device_is_not_read_as_an_archive() -> None:
+    assert "not a regular file" in refusal("/dev/zero")

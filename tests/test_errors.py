@@ -92,6 +92,35 @@ def test_conf_not_utf8_is_a_usage_error(store: Store) -> None:
     assert_run_failed(run(store, conf="bad.json"), USAGE, "bad.json", "not valid JSON")
 
 
+def test_conf_nested_too_deeply_is_a_usage_error(store: Store) -> None:
+    (store.root / "deep.json").write_text("[" * 5000 + "]" * 5000)  # Python's JSON recurses
+    assert_run_failed(run(store, conf="deep.json"), USAGE, "deep.json", "nested too deeply")
+
+
+def test_conf_with_a_number_past_python_s_limit_is_a_usage_error(store: Store) -> None:
+    (store.root / "big.json").write_text('{"uid": ' + "9" * 5000 + "}")
+    assert_run_failed(run(store, conf="big.json"), USAGE, "big.json", "not valid JSON")
+
+
+def test_conf_that_never_ends_is_a_usage_error(store: Store) -> None:
+    assert_run_failed(run(store, conf="/dev/zero"), USAGE, "/dev/zero", "larger than")
+
+
+def test_conf_id_of_thousands_of_digits_is_a_usage_error(store: Store) -> None:
+    store.write_conf(store.with_(uid="9" * 5000))
+    assert_run_failed(run(store), USAGE, "uid has 5000 digits")
+
+
+def test_conf_from_image_empty_is_a_usage_error(store: Store) -> None:
+    store.write_conf(store.with_(from_image=""))
+    assert_run_failed(run(store), USAGE, "from_image", "empty string")
+
+
+def test_from_image_that_is_a_device_is_refused_not_read_for_ever(store: Store) -> None:
+    store.write_conf(store.with_(from_image="/dev/zero"))
+    assert_run_failed(run(store, timeout=20), 1, "/dev/zero", "not a regular file")
+
+
 def test_conf_not_an_object_is_a_usage_error(store: Store) -> None:
     store.write_conf([store.conf])
     assert_run_failed(run(store), USAGE, storegen.CONF_NAME, "must be a JSON object")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,6 +224,9 @@ def _diff_ids(
         )
     if config is not None and not isinstance(config, dict):
         raise BaseImageError(f"{path}: {config_name} has a config that is not an object")
+    env = (config or {}).get("Env")
+    if env is not None and not (isinstance(env, list) and all(isinstance(e, str) for e in env)):
+        raise BaseImageError(f"{path}: {config_name}'s config.Env is not a list of strings")
     return diff_ids, config
 
 
@@ -254,6 +259,13 @@ def open_base_image(path: str) -> BaseImage:
         BaseImageError: missing, not a tar (plain or gzip), or not a usable image.
     """
     try:
+        # only a regular file: a device or FIFO (/dev/zero) would be read for ever
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = True  # tarfile.open says what is wrong
+    if not regular and not os.path.isdir(path):
+        raise BaseImageError(f"{path}: from_image is not a regular file")
+    try:
         archive = tarfile.open(path)  # noqa: SIM115 (BaseImage owns it; closed by .close)
     except FileNotFoundError:
         raise BaseImageError(f"{path}: from_image does not exist") from None
@@ -267,6 +279,9 @@ def open_base_image(path: str) -> BaseImage:
         raise BaseImageError(f"{path}: from_image is not a tar archive: {reason}") from None
     try:
         return _load(archive, path)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        archive.close()
+        raise BaseImageError(f"{path}: from_image is cut short or damaged: {exc}") from None
     except BaseException:
         archive.close()
         raise
