@@ -29,6 +29,7 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.engine.pipeline import STDOUT, FdSink, grow_pipe
+from streamimage.engine.walk import check_under
 from streamimage.engine.workers import STOP_SIGNALS, cpu_workers
 from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
 from streamimage.image import Build, Image
@@ -272,6 +273,8 @@ async def run(
     if conf.from_image is not None:
         base = await anyio.to_thread.run_sync(open_base_image, conf.from_image)
     try:
+        paths = [path for layer in conf.store_layers for path in layer]
+        await anyio.to_thread.run_sync(check_under, paths, conf.store_dir)
         customisation = await anyio.to_thread.run_sync(open_customisation, conf.customisation_layer)
         image = Image(Build(conf, options, base, customisation, reporter))
         async with anyio.create_task_group() as tg:

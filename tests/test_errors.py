@@ -175,6 +175,33 @@ def test_store_path_outside_store_dir_is_a_usage_error(store: Store) -> None:
     assert_run_failed(run(store), USAGE, "'customisation'", "not under store_dir")
 
 
+def test_store_path_through_a_symlink_leading_outside_is_a_usage_error(store: Store) -> None:
+    # STORE/evil -> /etc, then STORE/evil/hostname: spelled under the store, and not in it
+    store_dir = store.root / store.conf["store_dir"]
+    (store.root / "outside").mkdir()
+    (store.root / "outside" / "secret").write_text("not from the store")
+    (store_dir / "evil").symlink_to(store.root / "outside")
+    path = f"{store.conf['store_dir']}/evil/secret"
+    store.write_conf(store.with_(store_layers=[[path]]))
+    assert_run_failed(run(store), USAGE, repr(path), "not under store_dir", "symlink")
+
+
+def test_store_paths_that_are_symlinks_and_a_store_dir_behind_one_stay_legal(
+    store: Store,
+) -> None:
+    store_dir = store.conf["store_dir"]
+    first = store.layers[0][0]
+    (store.root / store_dir / "link-to-first").symlink_to(Path(first).name)
+    alias = store.root / "alias"  # as /nix -> /data/nix
+    alias.symlink_to(store.root / Path(store_dir).parent)
+    aliased = f"alias/{Path(store_dir).name}"
+    layers = [[f"{aliased}/{Path(p).name}" for p in layer] for layer in store.layers]
+    layers.append([f"{aliased}/link-to-first"])  # a store path that is itself a symlink
+    store.write_conf(store.with_(store_dir=aliased, store_layers=layers))
+    result = run(store)
+    assert result.returncode == 0, result.stderr
+
+
 def test_store_path_missing_names_it(store: Store) -> None:
     missing = storegen.store_path("never-built")
     store.write_conf(store.with_(store_layers=[*store.layers, [missing]]))

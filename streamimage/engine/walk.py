@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
-from streamimage.errors import StoreError
+from streamimage.errors import ConfError, StoreError
 from streamimage.tarheader import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, REGTYPE, SYMTYPE
 
 
@@ -120,6 +120,26 @@ def _open_directory(path: str, dir_fd: int | None, base: str) -> tuple[int, list
     except OSError as exc:
         os.close(fd)
         raise store_error(path, exc, "list the directory") from exc
+
+
+def check_under(store_paths: Sequence[str], store_dir: str) -> None:
+    """Hold every store path to be in ``store_dir`` as the file system resolves it, not only
+    as it is spelled: with ``STORE/evil -> /etc``, ``STORE/evil/hostname`` is spelled under
+    the store and is not. A store path that is itself a symlink stays legal (the walk
+    archives the link, never what it names), and so does a store_dir reached through
+    symlinks (``/nix -> /data/nix``).
+
+    Raises:
+        ConfError: a store path's directory resolves outside store_dir.
+    """
+    real_dir = os.path.realpath(store_dir)
+    for store_path in store_paths:
+        parent = os.path.realpath(os.path.dirname(os.path.abspath(store_path)))
+        if parent != real_dir and not parent.startswith(real_dir.rstrip("/") + "/"):
+            raise ConfError(
+                f"store path {store_path!r} is not under store_dir {store_dir!r}: "
+                f"a symlink on the way leads to {parent}"
+            )
 
 
 def walk_store_path(store_path: str) -> Generator[Entry, None, None]:
