@@ -184,13 +184,14 @@ def image_ref_annotations(repo_tag: str) -> tuple[tuple[str, str], ...]:
     return ((ANNOTATION_IMAGE_NAME, full), (ANNOTATION_REF_NAME, tag))
 
 
-def oci_index(manifests: Sequence[Descriptor]) -> bytes:
-    """``index.json`` of an OCI image layout: an image index (image-index.md)."""
+def oci_index(manifests: Sequence[Descriptor | dict[str, Any]]) -> bytes:
+    """``index.json`` of an OCI image layout: an image index (image-index.md); a manifest
+    given as a dict (read from an index already there) is written as it is."""
     return _compact(
         {
             "schemaVersion": 2,
             "mediaType": MEDIA_TYPE_INDEX,
-            "manifests": [manifest.to_json() for manifest in manifests],
+            "manifests": [m if isinstance(m, dict) else m.to_json() for m in manifests],
         }
     )
 
