@@ -12,12 +12,9 @@ import argparse
 import json
 import os
 import signal
-import stat
 import sys
-import tempfile
 import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -28,10 +25,11 @@ from streamimage import __version__
 from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
-from streamimage.engine.pipeline import STDOUT, FdSink, grow_pipe
+from streamimage.destinations.output import check_output_file, open_output
+from streamimage.engine.pipeline import STDOUT, FdSink
 from streamimage.engine.walk import check_under
 from streamimage.engine.workers import STOP_SIGNALS, cpu_workers
-from streamimage.errors import ConfError, OutputError, StreamImageError, UsageError
+from streamimage.errors import ConfError, StreamImageError, UsageError
 from streamimage.image import Build, Image
 from streamimage.layers.base import open_base_image
 from streamimage.layers.customisation import open_customisation
@@ -149,14 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_output_file(path: str) -> None:
-    """Raises: UsageError: ``-o PATH`` can't name an image file (empty, a directory)."""
-    if not path:
-        raise UsageError("-o '': not a file name")
-    if path.endswith("/") or os.path.isdir(path):
-        raise UsageError(f"-o {path}: is a directory; name a file (or use --format oci-dir)")
-
-
 def default_cache_dir() -> str:
     """The user's cache directory for streamimage: $XDG_CACHE_HOME/streamimage on Linux."""
     return platformdirs.user_cache_dir("streamimage", appauthor=False)
@@ -184,72 +174,6 @@ def load_conf(path: str, repo_tag: str | None) -> Conf:
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit number
         raise ConfError(f"{path}: not valid JSON: {exc}") from None
     return parse_conf(document, path, repo_tag=repo_tag or None)
-
-
-@contextmanager
-def open_output(path: str | None, opened: list[FdSink] | None = None) -> Iterator[FdSink]:
-    """stdout; or ``path``: a symlink is followed; a regular file (or nothing) is written
-    as a temporary file beside it that becomes it only on success; a device, FIFO or
-    socket is opened and written through, never replaced. The sink is also appended to
-    ``opened``, for main to see a write left stuck.
-
-    Raises:
-        OutputError: the file can't be created, opened or renamed.
-    """
-    if path is None:
-        grow_pipe(STDOUT)  # one write of a batch: one wake-up of the reader, not sixteen
-        sink = FdSink(STDOUT, "stdout")
-        if opened is not None:
-            opened.append(sink)
-        yield sink
-        return
-    target = os.path.realpath(path)  # the file a symlink names is the output, not the link
-    try:
-        special = not stat.S_ISREG(os.stat(target).st_mode)
-    except OSError:
-        special = False  # nothing there yet (or unreadable: creating it will say)
-    if special:
-        yield from _write_through(path, target, opened)
-        return
-    directory, name = os.path.split(target)
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create: {exc.strerror or exc}") from None
-    sink = FdSink(fd, path)
-    if opened is not None:
-        opened.append(sink)
-    try:
-        yield sink
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # what open() would have made; mkstemp makes 0600
-        os.close(fd)
-        fd = -1
-        os.replace(temporary, target)
-    except BaseException:
-        if fd >= 0 and not sink.busy:  # a stuck write still holds the fd: leave it
-            os.close(fd)
-        os.unlink(temporary)
-        raise
-
-
-def _write_through(path: str, target: str, opened: list[FdSink] | None) -> Iterator[FdSink]:
-    """A device, FIFO or socket as the output: opened (a FIFO waits for its reader) and
-    written, as a shell's redirection would; renaming over it would replace the node."""
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot open for writing: {exc.strerror or exc}") from None
-    grow_pipe(fd)
-    sink = FdSink(fd, path)
-    if opened is not None:
-        opened.append(sink)
-    try:
-        yield sink
-    finally:
-        if not sink.busy:
-            os.close(fd)
 
 
 async def _watch_signals() -> None:

@@ -2,6 +2,6 @@
 ``tarball``, ``layout`` and ``remote``: ``dockerarchive`` (the reference's docker-archive),
 ``ociarchive`` (one tar that is an OCI layout and a docker-archive), ``ocidir`` (an OCI
 image layout directory); ``tarball`` frames the tar ones, ``layout`` holds the OCI ones'
-documents. Each asks the image's layers for what it needs, and knows nothing of how they
-are made.
+documents, ``output`` opens stdout or the file ``-o`` names. Each asks the image's layers
+for what it needs, and knows nothing of how they are made.
 """
