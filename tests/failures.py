@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import anyio.lowlevel
 
 from streamimage.destinations.dockerarchive import write_docker_archive
-from streamimage.engine.framing import FileSpan, read_span
+from streamimage.engine.framing import Chunk, FileSpan, read_span
 from streamimage.engine.pipeline import Batch, Sink
 from streamimage.errors import OutputError
 from streamimage.image import Build, Image
@@ -161,6 +161,17 @@ os.setuid({NOBODY})
 sys.exit(cli.main(sys.argv[1:]))
 """
     return [sys.executable, "-c", program, *argv]
+
+
+def chunk_bytes(chunks: Iterable[Chunk]) -> bytes:
+    """The bytes ``chunks`` amount to, large files (FileSpans) read in."""
+    out = bytearray()
+    for chunk in chunks:
+        if isinstance(chunk, FileSpan):
+            read_span(chunk, out.extend)
+        else:
+            out += chunk
+    return bytes(out)
 
 
 class FailingSink:

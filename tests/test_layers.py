@@ -22,7 +22,6 @@ import anyio.to_thread
 import pytest
 
 from streamimage.engine import compress
-from streamimage.engine.framing import Chunk, FileSpan, read_span
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import spool_budget
 from streamimage.errors import ChangedError, CustomisationError
@@ -36,7 +35,7 @@ from streamimage.layers.store import StoreLayer
 from streamimage.options import UNCOMPRESSED, Compression, Options
 from streamimage.spec import parse_conf
 from streamimage.tarheader import HeaderEncoder
-from tests.failures import Store, make_store
+from tests.failures import Store, chunk_bytes, make_store
 
 ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
 GZIP = Compression("gzip", 1)
@@ -58,15 +57,7 @@ class Counter:
     files: int = 0
 
 
-def content(chunks: Iterator[Chunk]) -> bytes:
-    """The bytes ``chunks`` amount to, large files read in."""
-    out = bytearray()
-    for chunk in chunks:
-        if isinstance(chunk, FileSpan):
-            read_span(chunk, out.extend)
-        else:
-            out += chunk
-    return bytes(out)
+content = chunk_bytes
 
 
 async def stream(layer: Layer) -> bytes:

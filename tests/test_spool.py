@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from streamimage.engine import framing
-from streamimage.engine.framing import Chunk, FileSpan, layer_chunks, read_span
+from streamimage.engine.framing import Chunk, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
 from streamimage.engine.spool import (
     PIECE,
@@ -42,6 +42,7 @@ from tests.failures import (
     Store,
     assert_run_failed,
     build_docker_archive,
+    chunk_bytes,
     make_store,
     run,
 )
@@ -75,13 +76,7 @@ def big_layer(store: Store) -> list[str]:
 
 def framed(paths: list[str]) -> bytes:
     """The layer tar as layer_chunks frames it, large files read in."""
-    out = bytearray()
-    for chunk in layer_chunks(paths, ENCODER, lambda entry: None):
-        if isinstance(chunk, FileSpan):
-            read_span(chunk, out.extend)
-        else:
-            out += chunk
-    return bytes(out)
+    return chunk_bytes(layer_chunks(paths, ENCODER, lambda entry: None))
 
 
 def unspool(fd: int, segments: tuple[Segment, ...]) -> bytes:
@@ -368,14 +363,8 @@ def test_a_split_pass_is_the_whole_pass(
             framed_here = sum(1 for end in ends if end <= position)
             assert framed_here <= segment.entries + 2  # /nix/ and /nix/store/: no entries
         fds = [head_fd, helper_fd]
-        checked = list(spooled_chunks(fds, segments, paths, result.witness.check))
-        out = bytearray()
-        for chunk in checked:
-            if isinstance(chunk, FileSpan):
-                read_span(chunk, out.extend)
-            else:
-                out += chunk
-        assert bytes(out) == framed(paths)
+        checked = spooled_chunks(fds, segments, paths, result.witness.check)
+        assert chunk_bytes(checked) == framed(paths)
         result.witness.check_complete("layer")
     finally:
         os.close(head_fd)

@@ -21,7 +21,6 @@ without it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -238,12 +237,14 @@ class LayerCache:
         self._lock = anyio.Lock()
         self.warning: str | None = None
 
-    async def _call(self, func: Callable[..., T], *args: object) -> T:
+    async def _call(self, op: Callable[[DigestCache], T]) -> T:
+        """``op(database)`` in a worker thread, one at a time."""
         async with self._lock:
-            if self._db is None:
+            db = self._db
+            if db is None:
                 raise CacheUnavailable(self.warning or "off")
             try:
-                return await anyio.to_thread.run_sync(func, *args)
+                return await anyio.to_thread.run_sync(op, db)
             except CacheUnavailable as exc:
                 self.warning = f"{exc}: running without the digest cache"
                 self.close()
@@ -254,7 +255,7 @@ class LayerCache:
         witness of that walk for its stream pass; None: hash it (``timeline`` says why)."""
         key = self._context.key(store_paths)
         try:
-            entry = await self._call(lambda: self._db.get(key) if self._db else None)
+            entry = await self._call(lambda db: db.get(key))
         except CacheUnavailable:
             return None
         if entry is None:
@@ -286,16 +287,10 @@ class LayerCache:
             found.witness.digest(), found.diff_id, found.size, found.blob_digest, found.blob_size
         )
         try:
-            await self._call(lambda: self._db.put(key, entry) if self._db else None)
+            await self._call(lambda db: db.put(key, entry))
         except CacheUnavailable:
             return
         timeline.cache = f"{timeline.cache or 'miss'}, stored"
-
-    async def drop(self, store_paths: Sequence[str]) -> None:
-        """Forget the layer's entry (its digests were proved wrong)."""
-        key = self._context.key(store_paths)
-        with contextlib.suppress(CacheUnavailable):
-            await self._call(lambda: self._db.drop(key) if self._db else None)
 
     def close(self) -> None:
         if self._db is not None:
