@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,10 +64,17 @@ def short_root(name: str) -> Path:
 
 @contextmanager
 def running(
-    name: str, argv: Sequence[str], root: Path, log_path: Path, ready: Callable[[], bool]
+    name: str,
+    argv: Sequence[str],
+    root: Path,
+    log_path: Path,
+    ready: Callable[[], bool],
+    *,
+    remove_root: bool = True,
 ) -> Iterator[None]:
-    """Run daemon ``argv`` until the block ends; skip the test if it never gets ``ready``."""
-    with log_path.open("wb") as log:
+    """Run daemon ``argv`` until the block ends; skip the test if it never gets ``ready``.
+    The log is appended to (a daemon restarted keeps one log); ``root`` is removed after."""
+    with log_path.open("ab") as log:
         daemon = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + START_BOUND
@@ -80,7 +91,8 @@ def running(
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
-            shutil.rmtree(root, ignore_errors=True)
+            if remove_root:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager
@@ -133,3 +145,98 @@ def containerd(log_dir: Path) -> Iterator[Client]:
     ready = lambda: attempt(probe).returncode == 0  # noqa: E731
     with running("containerd", [command, "--config", str(config)], root, log_dir / "c.log", ready):
         yield client
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# The access log line distribution writes for each request (gorilla's combined format).
+ACCESS_LINE = re.compile(
+    r'^\S+ - \S+ \[[^]]+\] "(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d+) '
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    uri: str
+    status: int
+
+
+@dataclass(frozen=True)
+class RegistryServer:
+    """A running ``docker-registry``: ``host`` is HOST:PORT, as image references name it."""
+
+    host: str
+    root: Path
+    log_path: Path
+    scheme: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def requests(self) -> list[Request]:
+        """Every request the registry has answered so far, in order (its access log)."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            match = ACCESS_LINE.match(line)
+            if match:
+                found.append(Request(match["method"], match["uri"], int(match["status"])))
+        return found
+
+
+@contextmanager
+def registry(
+    log_dir: Path,
+    *,
+    auth: Mapping[str, Any] | None = None,
+    tls: tuple[Path, Path] | None = None,
+    port: int | None = None,
+    root: Path | None = None,
+) -> Iterator[RegistryServer]:
+    """Debian's ``docker-registry`` (distribution 2.x) on 127.0.0.1, storage of its own.
+
+    ``auth`` is the config's ``auth`` section (``{"htpasswd": {...}}`` or ``{"token":
+    {...}}``); ``tls`` a (certificate, key) pair in PEM files: HTTPS instead of HTTP.
+    ``port`` and ``root`` let a test restart a registry where it was (same storage and
+    log); a ``root`` given is the caller's to remove.
+    """
+    command = require_command("docker-registry")
+    owned = root is None
+    root = root or short_root("registry")
+    port = port or free_port()
+    http: dict[str, Any] = {"addr": f"127.0.0.1:{port}"}
+    if tls is not None:
+        http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "info"},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root / "data")},
+            "delete": {"enabled": True},
+        },
+        "http": http,
+    }
+    if auth is not None:
+        config["auth"] = dict(auth)
+    config_path = root / "config.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    scheme = "https" if tls is not None else "http"
+    server = RegistryServer(f"127.0.0.1:{port}", root, log_dir / f"registry-{port}.log", scheme)
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    argv = [command, "serve", str(config_path)]
+    with running("docker-registry", argv, root, server.log_path, ready, remove_root=owned):
+        yield server
