@@ -46,3 +46,13 @@ class OutputError(StreamImageError, OSError):
 
 class ChildError(StreamImageError, RuntimeError):
     """A worker process died without an answer."""
+
+
+class CredentialsError(StreamImageError, ValueError):
+    """An auth file is unreadable or malformed, or a credential helper failed; the message
+    names the file or helper, never a secret."""
+
+
+class AuthError(StreamImageError):
+    """A registry or its token server refused us (401, 403): the message names the registry
+    and repository, never a secret."""
