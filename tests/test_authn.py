@@ -269,6 +269,7 @@ def test_helper_not_found_moves_on_to_the_next_file(env: dict[str, str]) -> None
 
 def assert_clean_error(error: pytest.ExceptionInfo[CredentialsError], *names: str) -> str:
     message = str(error.value)
+    assert error.value.exit_status == 1  # a failure while running, as cli.py maps it
     assert "\n" not in message
     assert SECRET not in message
     assert base64.b64encode(f"alice:{SECRET}".encode()).decode() not in message

@@ -12,6 +12,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 import pytest
 
@@ -128,6 +129,7 @@ def basic_registry(username: str, password: str) -> Fake:
 
 def assert_clean(error: pytest.ExceptionInfo[AuthError], *names: str) -> str:
     message = str(error.value)
+    assert error.value.exit_status == 1  # a failure while running, as cli.py maps it
     assert "\n" not in message
     assert f"{REGISTRY}/{REPOSITORY}" in message
     assert SECRET not in message
@@ -145,6 +147,36 @@ async def test_basic_answers_the_challenge_then_sends_it_up_front() -> None:
             assert response.status_code == 200
     statuses = [r.headers.get("authorization") for r in fake.seen]
     assert statuses == [None] + [basic_of("alice", SECRET)] * 3  # one 401, then none
+
+
+async def test_concurrent_first_requests_both_answer_the_challenge() -> None:
+    """Two requests in flight before the first 401: the second's flow must judge by what
+    its request carried (nothing), not by the Basic header the first flow cached since."""
+    fake = basic_registry("alice", SECRET)
+    both_in = anyio.Event()
+    arrived: list[str | None] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        arrived.append(request.headers.get("authorization"))
+        if arrived.count(None) == 2:
+            both_in.set()
+        await both_in.wait()  # neither 401 goes out before both requests are in
+        return fake.handle(request)
+
+    auth = RegistryAuth(REGISTRY, REPOSITORY, ALICE)
+    mock = httpx.MockTransport(handle)
+    async with httpx.AsyncClient(transport=mock, auth=auth, base_url="https://reg.test") as client:
+        results: list[int] = []
+
+        async def head(path: str) -> None:
+            results.append((await client.head(path)).status_code)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(head, "/v2/team/app/blobs/sha256:01")
+                group.start_soon(head, "/v2/team/app/blobs/sha256:02")
+    assert results == [200, 200]
+    assert arrived == [None, None, basic_of("alice", SECRET), basic_of("alice", SECRET)]
 
 
 async def test_basic_without_credentials() -> None:

@@ -90,9 +90,11 @@ class RegistryAuth(httpx.Auth):
         if self._bearer is not None and not self._token_fresh():
             yield from self._fetch_token(self._bearer)
         self._authorize(request)
+        # what this request carried, not what the cache holds by the time its answer comes
+        # (other requests of the push run their flows meanwhile)
+        sent_basic = self._basic is not None and request.headers.get("Authorization") == self._basic
         response = yield request
         fetched_for: tuple[str, ...] | None = None  # the scopes of a token got for this request
-        sent_basic = self._basic is not None
         while True:
             if response.status_code == 403:
                 raise AuthError(self._refusal("access denied", response))
