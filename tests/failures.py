@@ -66,6 +66,16 @@ def make_store(parent: Path, fixture_id: str = "basic") -> Store:
     return Store(built.root, json.loads(built.conf.read_text()))
 
 
+def add_entries(directory: Path, count: int) -> None:
+    """``count`` entries more below ``directory``: small files, 100 to a directory (a layer
+    of many entries is hashed by worker processes, split in two past SPLIT_MIN_ENTRIES)."""
+    for i in range(count):
+        parent = directory / f"d{i // 100:03}"
+        if i % 100 == 0:
+            parent.mkdir(parents=True)
+        (parent / f"f{i:05}").write_bytes(b"%d\n" % i)
+
+
 def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["TZ"] = storegen.DEFAULT_TZ

@@ -15,6 +15,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -22,11 +23,11 @@ import anyio.to_thread
 import pytest
 
 from streamimage import cli
-from streamimage.engine import framing, pipeline
+from streamimage.engine import framing, pipeline, walk
 from streamimage.engine.framing import FileSpan
 from streamimage.engine.hashing import LayerHash
 from streamimage.engine.pipeline import FdSink, Sink
-from streamimage.engine.scheduler import HashPass
+from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES, HashPass
 from streamimage.engine.walk import Entry, walk_store_path
 from streamimage.errors import ChangedError, OutputError, StoreError
 from streamimage.options import Options
@@ -35,6 +36,7 @@ from tests.failures import (
     STOP_BOUND,
     FailingSink,
     Store,
+    add_entries,
     assert_failed,
     assert_run_failed,
     build_docker_archive,
@@ -246,8 +248,8 @@ def test_file_changed_while_sent_fails(
 @pytest.fixture
 def big_store(store: Store) -> Store:
     """Layer 1 holds 20 MB of random data, layer 2 a 1 GB sparse file, layer 3 two store
-    paths (hashed by two processes) of 512 MB sparse files: hashes still run (in worker
-    processes) when a reader leaves after the first bytes."""
+    paths of 512 MB sparse files and entries enough to be hashed by two worker processes:
+    hashes still run (in worker processes) when a reader leaves after the first bytes."""
     lib = store.root / store.layers[0][0] / "lib"
     (lib / "random.bin").write_bytes(os.urandom(20 * 1024 * 1024))
     with (store.root / store.layers[1][0] / "huge.bin").open("wb") as file:
@@ -258,6 +260,7 @@ def big_store(store: Store) -> Store:
         (store.root / path).mkdir(exist_ok=True)
         with (store.root / path / "half.bin").open("wb") as file:
             file.truncate(512 * 1024 * 1024)
+    add_entries(store.root / store.layers[-1][0] / "lib", SPLIT_MIN_ENTRIES)
     store.write_conf()
     return store
 
@@ -377,15 +380,15 @@ async def test_sink_failing_after_n_bytes_ends_cleanly(
 async def test_walk_raising_mid_layer_ends_cleanly(
     in_store: Store, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
-    original = walk_store_path  # what framing calls, until patched
+    original = walk_store_path  # what a layer's walk calls, until patched
 
-    def walk_then_fail(store_path: str) -> Iterator[Entry]:
-        for count, entry in enumerate(original(store_path)):
+    def walk_then_fail(store_path: str, **cut: Any) -> Iterator[Entry]:
+        for count, entry in enumerate(original(store_path, **cut)):
             if count == 2 and "hello-2.12" in store_path:
                 raise StoreError(f"{entry.path}: injected failure")
             yield entry
 
-    monkeypatch.setattr(framing, "walk_store_path", walk_then_fail)
+    monkeypatch.setattr(walk, "walk_store_path", walk_then_fail)
     sink = FailingSink(1 << 30)
     with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(StoreError, flatten_subgroups=True):
         await build(in_store, sink, processes)

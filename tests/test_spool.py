@@ -23,6 +23,7 @@ import pytest
 from streamimage.engine import framing
 from streamimage.engine.framing import Chunk, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
+from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES
 from streamimage.engine.spool import (
     PIECE,
     Segment,
@@ -31,7 +32,7 @@ from streamimage.engine.spool import (
     spool_part,
     spooled_chunks,
 )
-from streamimage.engine.walk import Entry
+from streamimage.engine.walk import Entry, LayerPart, count_below, place_of
 from streamimage.errors import ChangedError, OutputError
 from streamimage.options import UNCOMPRESSED, Options
 from streamimage.tarheader import HeaderEncoder
@@ -40,6 +41,7 @@ from tests.failures import (
     STOP_BOUND,
     FailingSink,
     Store,
+    add_entries,
     assert_run_failed,
     build_docker_archive,
     chunk_bytes,
@@ -305,14 +307,29 @@ def test_bad_spool_options_are_usage_errors(
 
 @pytest.fixture
 def two_path_layer(store: Store) -> list[str]:
-    """The store's last layer with a second store path after the many small files."""
+    """The store's last layer with a second store path after the many small files, with
+    entries enough for a split pass, which cuts the walk inside the second store path."""
     second = storegen.store_path("second-half")
     (store.root / second / "bin").mkdir(parents=True)
     (store.root / second / "bin" / "tool").write_bytes(storegen.content("tool", 5000))
     (store.root / second / "bin" / "big").write_bytes(storegen.content("big2", BIG_FILE))
+    add_entries(store.root / second / "share", SPLIT_MIN_ENTRIES)
     store.conf["store_layers"][-1].append(second)
     store.write_conf()
     return store.layers[-1]
+
+
+@pytest.fixture
+def one_path_layer(store: Store) -> list[str]:
+    """A layer of one store path with entries enough for a split pass (auto-layering
+    gives the largest store path a layer of its own: a Python or Node environment)."""
+    path = storegen.store_path("python-env")
+    (store.root / path / "bin").mkdir(parents=True)
+    (store.root / path / "bin" / "python").write_bytes(storegen.content("py", BIG_FILE))
+    add_entries(store.root / path / "lib", SPLIT_MIN_ENTRIES)
+    store.conf["store_layers"].insert(0, [path])
+    store.write_conf()
+    return store.layers[0]
 
 
 def header_ends(paths: list[str]) -> list[int]:
@@ -328,21 +345,33 @@ HELPER_BUDGETS = {
 }
 
 
+def cut_of(paths: list[str], where: str) -> tuple[LayerPart, LayerPart]:
+    """The walk of ``paths`` cut between its store paths, or inside the second one, a few
+    entries deep (the helper frames the rest: more than one spool piece)."""
+    if where == "between-store-paths":
+        return LayerPart.halves(paths, 1, ())
+    place = place_of(paths[1], 3, count_below(paths[1]))
+    assert len(place) > 1  # inside a directory of the store path
+    return LayerPart.halves(paths, 1, place)
+
+
+@pytest.mark.parametrize("where", ["between-store-paths", "inside-a-store-path"])
 @pytest.mark.parametrize("helper_budget", list(HELPER_BUDGETS))
 def test_a_split_pass_is_the_whole_pass(
-    two_path_layer: list[str], tmp_path: Path, helper_budget: str
+    two_path_layer: list[str], tmp_path: Path, helper_budget: str, where: str
 ) -> None:
     # the helper frames the many small files: more than one piece
     paths = [two_path_layer[1], two_path_layer[0]]
+    head, rest = cut_of(paths, where)
     whole = hashed(paths)
     head_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
     helper_fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR)
     receive, send = multiprocessing.Pipe(duplex=False)
     try:
         budget = target(helper_fd, HELPER_BUDGETS[helper_budget])
-        part = spool_part(paths[1:], ENCODER, budget, send)  # its records wait in the pipe
+        part = spool_part(rest, ENCODER, budget, send)  # its records wait in the pipe
         assert (part is not None) == (helper_budget == "helper-spooled")
-        result = hash_layer_head(paths, 1, ENCODER, target(head_fd), helper_fd, receive)
+        result = hash_layer_head(head, rest, ENCODER, target(head_fd), helper_fd, receive)
         assert not receive.poll()  # every record was read
         assert (result.diff_id, result.size) == (whole.diff_id, whole.size)
         segments = spool_of(result).segments
@@ -373,15 +402,17 @@ def test_a_split_pass_is_the_whole_pass(
         send.close()
 
 
-def test_a_layer_of_several_paths_is_hashed_in_two_processes(
-    store: Store, two_path_layer: list[str]
+@pytest.mark.parametrize("layer", ["several-store-paths", "one-store-path"])
+def test_a_large_layer_is_hashed_in_two_processes(
+    store: Store, request: pytest.FixtureRequest, layer: str
 ) -> None:
+    fixture = "two_path_layer" if layer == "several-store-paths" else "one_path_layer"
+    paths = request.getfixturevalue(fixture)
     split = run(store, "-v")
     assert split.returncode == 0, split.stderr
     sources = layer_sources(split.stderr)
-    several = [len(paths) > 1 for paths in store.layers]
-    assert several[-1]
-    assert [source.endswith("hashed in 2 processes") for source in sources] == several
+    large = [layer_paths == paths for layer_paths in store.layers]
+    assert [source.endswith("hashed in 2 processes") for source in sources] == large
     for args in (("--spool-max", "0"), ("--hash-in", "thread"), ("-j", "1")):
         one = run(store, "-v", *args)
         assert one.stdout == split.stdout, args

@@ -20,7 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamimage.engine.walk import walk_store_path
+from streamimage.engine.walk import (
+    Entry,
+    LayerPart,
+    count_below,
+    place_of,
+    split_walk,
+    walk_store_path,
+)
 from streamimage.errors import StoreError
 from streamimage.tarheader import DIRTYPE, FIFOTYPE, REGTYPE, SYMTYPE
 
@@ -161,3 +168,116 @@ def test_directory_descriptors_are_closed_when_the_walk_stops_early(store: str) 
     assert len(os.listdir("/proc/self/fd")) > before
     walk.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def relative_names(store_path: str, entry_path: str) -> tuple[str, ...]:
+    """An entry's place in the walk of ``store_path``: its names below the store path."""
+    rest = entry_path[len(store_path) :].strip("/")
+    return tuple(rest.split("/")) if rest else ()
+
+
+def paths_of(entries: Iterator[Entry]) -> list[str]:
+    return [entry.path for entry in entries]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=st.dictionaries(name_bytes, trees, min_size=1, max_size=8))
+def test_a_walk_cut_at_each_entry_is_the_walk_in_two(tree: dict[bytes, object]) -> None:
+    with tempfile.TemporaryDirectory(prefix="walk-") as store:
+        root = os.path.join(store, "abc-pkg")
+        build(os.fsencode(root), tree)
+        whole = paths_of(walk_store_path(root))
+        below = count_below(root)
+        assert below[root] == len(whole) - 1
+        for index in range(1, len(whole)):
+            place = place_of(root, index - 1, below)
+            assert place == relative_names(root, whole[index])
+            head = paths_of(walk_store_path(root, stop=place))
+            tail = paths_of(walk_store_path(root, start=place))
+            assert (head, tail) == (whole[:index], whole[index:])
+        with pytest.raises(IndexError):
+            place_of(root, len(whole) - 1, below)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tree=st.dictionaries(name_bytes, trees, min_size=1, max_size=8),
+    cut=st.lists(name_bytes, min_size=1, max_size=4),
+    picks=st.lists(st.integers(min_value=0), max_size=4),
+)
+def test_a_walk_cut_anywhere_splits_it_in_walk_order(
+    tree: dict[bytes, object], cut: list[bytes], picks: list[int]
+) -> None:
+    # Places that may or may not exist: names drawn at random, or taken from the tree
+    # (``picks`` choose a path down it), so that cuts land on, beside and below entries.
+    node: object = tree
+    place: list[str] = []
+    for pick in picks:
+        if not isinstance(node, dict) or not node:
+            break
+        name = sorted(node)[pick % len(node)]
+        place.append(os.fsdecode(name))
+        node = node[name]
+    place += [os.fsdecode(name) for name in cut[: max(0, 4 - len(place))]]
+    with tempfile.TemporaryDirectory(prefix="walk-") as store:
+        root = os.path.join(store, "abc-pkg")
+        build(os.fsencode(root), tree)
+        whole = paths_of(walk_store_path(root))
+        head = paths_of(walk_store_path(root, stop=tuple(place)))
+        tail = paths_of(walk_store_path(root, start=tuple(place)))
+    assert head + tail == whole
+    assert all(relative_names(root, path) < tuple(place) for path in head)
+    assert all(relative_names(root, path) >= tuple(place) for path in tail)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    trees_=st.lists(st.dictionaries(name_bytes, trees, max_size=5), min_size=1, max_size=4),
+    share=st.floats(min_value=0, max_value=1),
+)
+def test_a_layer_split_where_its_entries_are_is_the_layer_in_two(
+    trees_: list[dict[bytes, object]], share: float
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="walk-") as store:
+        paths = [os.path.join(store, f"abc-pkg{i}") for i in range(len(trees_))]
+        for path, tree in zip(paths, trees_, strict=True):
+            build(os.fsencode(path), tree)
+        whole = [e.path for path in paths for e in walk_store_path(path)]
+        total, index, place = split_walk(paths, share)
+        assert total == len(whole)
+        head, tail = (
+            LayerPart.halves(paths, index, place)
+            if index < len(paths)
+            else (
+                LayerPart(tuple(paths)),
+                LayerPart(()),
+            )
+        )
+        head_paths, tail_paths = paths_of(head.entries()), paths_of(tail.entries())
+    assert head_paths + tail_paths == whole
+    assert len(head_paths) == round(total * share)
+
+
+def test_a_symlink_store_path_counts_as_one_entry(store: str) -> None:
+    target = os.path.join(store, "abc-target")
+    os.mkdir(target)
+    for name in "abc":
+        os.mkdir(os.path.join(target, name))
+    link = os.path.join(store, "abc-link")
+    os.symlink(target, link)
+    assert count_below(link) == {link: 0}
+    assert count_below(target)[target] == 3
+    assert split_walk([link, target], 0.5) == (5, 1, ("a",))
+
+
+def test_a_deep_tree_is_counted_and_cut_without_recursion(store: str) -> None:
+    path = os.path.join(store, "abc-deep")
+    deepest = path
+    os.mkdir(path)
+    for _ in range(1200):  # deeper than the recursion limit (os.makedirs recurses)
+        deepest += "/d"
+        os.mkdir(deepest)
+    below = count_below(path)
+    place = place_of(path, 999, below)
+    assert place == ("d",) * 1000
+    assert sum(1 for _ in walk_store_path(path, start=place)) == 201

@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from streamimage.engine.walk import Entry, FileIdentity, store_error, walk_store_path
+from streamimage.engine.walk import Entry, FileIdentity, LayerPart, store_error, walk_store_path
 from streamimage.errors import ChangedError
 from streamimage.tarheader import DIRTYPE, REGTYPE, HeaderEncoder, end_of_archive, padding
 
@@ -143,14 +143,15 @@ def _read_small(entry: Entry) -> bytes:
 
 
 def layer_chunks(
-    store_paths: Sequence[str],
+    store_paths: Sequence[str] | LayerPart,
     encoder: HeaderEncoder,
     on_entry: Callable[[Entry], None],
     *,
     nix_dirs: bool = True,
     end: bool = True,
 ) -> Iterator[Chunk]:
-    """The layer tar of ``store_paths``: bytes chunks, and FileSpans for large files' content.
+    """The layer tar of ``store_paths`` (or of a part of their walk): bytes chunks, and
+    FileSpans for large files' content.
 
     ``on_entry`` sees every walked entry before it is framed (Witness.record or .check).
     ``nix_dirs=False``, ``end=False``: without the /nix and /nix/store members before the
@@ -171,32 +172,32 @@ def layer_chunks(
         append(encode("/nix/", DIRTYPE, NIX_DIR_MODE))
         append(encode("/nix/store/", DIRTYPE, NIX_DIR_MODE))
         held = 2 * len(parts[0])
-    for store_path in store_paths:
-        for entry in walk_store_path(store_path):
-            on_entry(entry)
-            header = encode(
-                entry.name, entry.type, entry.mode, entry.size, entry.linkname, entry.device
-            )
-            append(header)
-            held += len(header)
-            size = entry.size
-            if size and entry.type == REGTYPE:
-                pad = padding(size)
-                if size <= INLINE_MAX:
-                    append(_read_small(entry))
-                else:
-                    yield b"".join(parts)
-                    parts.clear()
-                    yield FileSpan(entry.path, size, entry.identity)
-                    done += held + size
-                    held = 0
-                append(pad)
-                held += len(pad) + (size if size <= INLINE_MAX else 0)
-            if held >= CHUNK_TARGET:
+    part = store_paths if isinstance(store_paths, LayerPart) else LayerPart(tuple(store_paths))
+    for entry in part.entries():
+        on_entry(entry)
+        header = encode(
+            entry.name, entry.type, entry.mode, entry.size, entry.linkname, entry.device
+        )
+        append(header)
+        held += len(header)
+        size = entry.size
+        if size and entry.type == REGTYPE:
+            pad = padding(size)
+            if size <= INLINE_MAX:
+                append(_read_small(entry))
+            else:
                 yield b"".join(parts)
                 parts.clear()
-                done += held
+                yield FileSpan(entry.path, size, entry.identity)
+                done += held + size
                 held = 0
+            append(pad)
+            held += len(pad) + (size if size <= INLINE_MAX else 0)
+        if held >= CHUNK_TARGET:
+            yield b"".join(parts)
+            parts.clear()
+            done += held
+            held = 0
     if end:
         append(end_of_archive(done + held))
     if parts:

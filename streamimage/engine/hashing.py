@@ -32,6 +32,7 @@ from streamimage.engine.spool import (
     pieces,
     segment_chunks,
 )
+from streamimage.engine.walk import LayerPart
 from streamimage.imagejson import Digest
 from streamimage.options import Compression
 from streamimage.tarheader import HeaderEncoder, end_of_archive
@@ -176,16 +177,16 @@ def hash_layer(
 
 
 def hash_layer_head(
-    store_paths: Sequence[str],
-    split: int,
+    head: LayerPart,
+    rest: LayerPart,
     encoder: HeaderEncoder,
     spool: SpoolFile,
     helper_fd: int,
     records: Connection,
 ) -> LayerHash:
     """The hash pass of an uncompressed layer framed by two worker processes, as its first
-    one runs it: frames, spools and hashes ``store_paths[:split]`` while a helper
-    (spool.spool_part) frames the rest into spool file ``helper_fd``; then hashes the
+    one runs it: frames, spools and hashes the ``head`` of the layer's walk while a helper
+    (spool.spool_part) frames the ``rest`` into spool file ``helper_fd``; then hashes the
     helper's segments from there as ``records`` brings them, then the end. A helper that
     gave up leaves its part to be framed here. The witness returned holds this process's
     entries; the caller adds the helper's.
@@ -196,8 +197,8 @@ def hash_layer_head(
     witness = Witness()
     writer = SpoolWriter(spool)
     plain = _Sha256()
-    head = layer_chunks(store_paths[:split], encoder, witness.record, end=False)
-    plain.hash_chunks(writer.tee(head, witness.__len__), no_checkpoint)
+    framed = layer_chunks(head, encoder, witness.record, end=False)
+    plain.hash_chunks(writer.tee(framed, witness.__len__), no_checkpoint)
     before = plain.copy()
     part: list[Segment] = []
     while isinstance(record := records.recv(), Segment):
@@ -205,8 +206,8 @@ def hash_layer_head(
         part.append(record)
     if record is None:  # the helper gave up: forget its segments, frame its part here
         plain = before
-        rest = layer_chunks(store_paths[split:], encoder, witness.record, nix_dirs=False, end=False)
-        plain.hash_chunks(writer.tee(rest, witness.__len__), no_checkpoint)
+        framed = layer_chunks(rest, encoder, witness.record, nix_dirs=False, end=False)
+        plain.hash_chunks(writer.tee(framed, witness.__len__), no_checkpoint)
         total = len(witness)
     else:
         writer.adopt(tuple(part), len(witness), file=1)

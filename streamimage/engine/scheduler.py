@@ -5,9 +5,10 @@ ASYNC; knows no image format and no Layer (layers/store.py wraps each result).
 Rule 1: each pass runs in a forked child owned by the task that forked it (workers.py) or,
 with ``processes=False``, in a worker thread; ``-j`` passes at a time (the limiter).
 Rule 2: a pass spools what its stream pass will copy while the budget lasts; spooling is
-never a failure. A layer of several store paths is framed by two children (a head and a
-helper), its sha256 computed in order by the head. A layer's spool files stay open until
-``release``; ``close`` releases them all.
+never a failure. A large layer (SPLIT_MIN_ENTRIES) is framed by two children (a head and
+a helper), its walk cut where its entries are, its sha256 computed in order by the head;
+a small one (THREAD_MAX_ENTRIES) is hashed in a thread. A layer's spool files stay open
+until ``release``; ``close`` releases them all.
 """
 
 from __future__ import annotations
@@ -30,16 +31,21 @@ from streamimage.engine.hashing import LayerHash, hash_layer, hash_layer_head
 from streamimage.engine.pipeline import grow_pipe
 from streamimage.engine.spool import SpoolBudget, SpooledPart, SpoolFile, spool_part
 from streamimage.engine.timeline import Timeline
+from streamimage.engine.walk import LayerPart, split_walk
 from streamimage.engine.workers import FORK, run_in_child
 from streamimage.options import Compression
 from streamimage.tarheader import HeaderEncoder
+
+SPLIT_MIN_ENTRIES = 4096  # a layer with fewer is framed by one process: a second costs more
+THREAD_MAX_ENTRIES = 512  # a layer with fewer is hashed in a thread: a fork costs more
+HEAD_SHARE = 0.4  # of a split layer's entries, framed by the head (it also hashes the rest)
 
 
 @dataclass(slots=True)
 class _Split:
     """What a split pass's head and helper tasks share."""
 
-    at: int  # the helper frames the layer's store paths from this one on
+    rest: LayerPart | None = None  # what the helper frames: set by the head, if needed
     prepared: anyio.Event = field(default_factory=anyio.Event)  # set by the head
     helper: SpoolFile | None = None  # the helper's spool file; None: not needed
     records: Connection | None = None  # the helper's worker sends its segments on it
@@ -63,8 +69,8 @@ class HashPass:
     with the most store paths, likely the largest (streamLayeredImage puts all that
     doesn't get a layer of its own into the last one), so that the longest pass doesn't
     start last and keep the stream waiting. Each pass spools what it framed while the
-    budget lasts, for the layer's stream pass to copy; a layer of several store paths is
-    framed by two processes (split_at). ``close`` closes every spool."""
+    budget lasts, for the layer's stream pass to copy; a large layer is framed by two
+    processes (splittable). ``close`` closes every spool."""
 
     def __init__(
         self,
@@ -103,37 +109,40 @@ class HashPass:
         # The limiter lets tasks in as they queued; a split pass's helper queues right
         # behind its head, so a head never waits for a helper that can't get a slot.
         for index in self.order():
-            split = self.split_at(index)
-            if split is None:
+            if not self.splittable():
                 tg.start_soon(self._hash, index)
             else:
-                state = _Split(split)
+                state = _Split()
                 tg.start_soon(self._hash_head, index, state)
                 tg.start_soon(self._help, index, state)
 
-    def split_at(self, index: int) -> int | None:
-        """Where layer ``index``'s store paths split between two processes, or None.
+    def splittable(self) -> bool:
+        """Whether a large layer may be framed by two worker processes: the first (the
+        head) frames and hashes the beginning of its walk while the second (the helper)
+        frames the rest into a spool of its own, which the head then hashes. The walk is
+        cut where the layer's entries are (split_walk), inside a store path if need be:
+        nixpkgs' auto-layering gives the largest store path (a Python or Node
+        environment, LLVM) a layer of its own, and it comes first. Uncompressed layers in
+        worker processes only, with a spool and two workers."""
+        return (
+            self._budget is not None
+            and self._processes
+            and not self.compression.enabled
+            and self._limiter.total_tokens >= 2
+        )
 
-        A layer of several store paths (streamLayeredImage's last layer holds all that
-        didn't get one of their own: often the largest) is framed by two worker
-        processes: the first hashes its half, then the second's half from its spool.
-        Uncompressed layers in worker processes only, with a spool and two workers."""
-        paths = self._layers[index]
-        if (
-            len(paths) < 2
-            or self._budget is None
-            or not self._processes
-            or self.compression.enabled
-            or self._limiter.total_tokens < 2
-        ):
-            return None
-        return len(paths) // 2
+    async def _plan(self, index: int) -> tuple[int, int, tuple[str, ...]]:
+        """split_walk of layer ``index``, in a thread: its entries, and where to cut it."""
+        timeline = self._slots[index].timeline
+        timeline.hash_start = timeline.hash_start or time.monotonic()
+        return await anyio.to_thread.run_sync(split_walk, self._layers[index], HEAD_SHARE)
 
     async def _hash(self, index: int) -> None:
         async with self._limiter:
             if not await self._from_cache(index):
                 started = time.time()
-                await self._hash_whole(index)
+                entries = (await self._plan(index))[0] if self._processes else None
+                await self._hash_whole(index, entries)
                 await self._remember(index, started)
         self._slots[index].done.set()
 
@@ -162,11 +171,14 @@ class HashPass:
             self._slots[index].spool_fds.append(target.fd)
         return target
 
-    async def _hash_whole(self, index: int) -> None:
-        self._slots[index].timeline.hash_start = time.monotonic()
+    async def _hash_whole(self, index: int, entries: int | None = None) -> None:
+        """Layer ``index`` hashed by one worker: a process, but for a layer of fewer than
+        THREAD_MAX_ENTRIES ``entries`` (a fork costs more than its Python work)."""
+        timeline = self._slots[index].timeline
+        timeline.hash_start = timeline.hash_start or time.monotonic()
         target = self._open_spool(index)
         paths = self._layers[index]
-        if self._processes:
+        if self._processes and (entries is None or entries >= THREAD_MAX_ENTRIES):
             # A process of its own: the hash pass's Python work doesn't contend for the
             # GIL with the stream pass; cancelling kills the worker.
             result = await run_in_child(hash_layer, paths, self._encoder, self.compression, target)
@@ -183,14 +195,20 @@ class HashPass:
                     split.prepared.set()  # the helper is not needed
                 else:
                     started = time.time()
-                    await self._split_pass(index, split)
+                    entries, at, place = await self._plan(index)
+                    if entries < SPLIT_MIN_ENTRIES or at >= len(self._layers[index]):
+                        split.prepared.set()  # the helper is not needed
+                        await self._hash_whole(index, entries)
+                    else:
+                        await self._split_pass(index, split, at, place)
                     await self._remember(index, started)
             finally:
                 split.prepared.set()
         self._slots[index].done.set()
 
-    async def _split_pass(self, index: int, split: _Split) -> None:
-        """Layer ``index`` hashed by two processes, if there is room for two spools."""
+    async def _split_pass(self, index: int, split: _Split, at: int, place: tuple[str, ...]) -> None:
+        """Layer ``index`` hashed by two processes, its walk cut at ``place`` in its store
+        path ``at``, if there is room for two spools."""
         head = self._open_spool(index)
         helper = None if head is None else self._open_spool(index, 1)
         if head is None or helper is None:  # no room for two spools: one pass
@@ -201,22 +219,23 @@ class HashPass:
             receive, split.records = FORK.Pipe(duplex=False)
             grow_pipe(split.records.fileno())
             split.helper = helper
+            first, split.rest = LayerPart.halves(self._layers[index], at, place)
             split.prepared.set()
             try:
-                await self._run_head(index, split, head, receive)
+                await self._run_head(index, split, first, head, receive)
             finally:
                 receive.close()
 
     async def _run_head(
-        self, index: int, split: _Split, head: SpoolFile, records: Connection
+        self, index: int, split: _Split, first: LayerPart, head: SpoolFile, records: Connection
     ) -> None:
         assert split.helper is not None
-        self._slots[index].timeline.hash_start = time.monotonic()
+        assert split.rest is not None
         self._slots[index].timeline.parts = 2
         result = await run_in_child(
             hash_layer_head,
-            self._layers[index],
-            split.at,
+            first,
+            split.rest,
             self._encoder,
             head,
             split.helper.fd,
@@ -242,11 +261,11 @@ class HashPass:
         try:
             async with self._limiter:
                 await split.prepared.wait()
-                if split.helper is None or split.records is None:
+                if split.helper is None or split.records is None or split.rest is None:
                     return
                 split.part = await run_in_child(
                     spool_part,
-                    self._layers[index][split.at :],
+                    split.rest,
                     self._encoder,
                     split.helper,
                     split.records,

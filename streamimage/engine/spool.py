@@ -23,7 +23,7 @@ from itertools import chain
 from multiprocessing.connection import Connection
 
 from streamimage.engine.framing import Chunk, FileSpan, Witness, layer_chunks
-from streamimage.engine.walk import Entry, walk_store_path
+from streamimage.engine.walk import Entry, LayerPart, walk_store_path
 from streamimage.engine.workers import FORK
 from streamimage.errors import ChangedError
 from streamimage.tarheader import HeaderEncoder
@@ -206,14 +206,15 @@ class SpooledPart:
 
 
 def spool_part(
-    store_paths: Sequence[str],
+    store_paths: Sequence[str] | LayerPart,
     encoder: HeaderEncoder,
     target: SpoolFile,
     records: Connection,
 ) -> SpooledPart | None:
-    """Frame the members of ``store_paths`` into the spool (a split pass's helper, in a
-    worker process), sending each Segment on ``records`` once it is in the spool, for the
-    layer's hash pass, in another process, to hash it from there; then the number of
+    """Frame the members of ``store_paths`` (or of a part of their walk) into the spool (a
+    split pass's helper, in a worker process), sending each Segment on ``records`` once it
+    is in the spool, for the layer's hash pass, in another process, to hash it from
+    there; then the number of
     entries framed, or None: the part didn't fit (the hash pass frames it itself). Large
     files are neither read nor spooled here.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -142,31 +142,85 @@ def check_under(store_paths: Sequence[str], store_dir: str) -> None:
             )
 
 
-def walk_store_path(store_path: str) -> Generator[Entry, None, None]:
-    """The store path and everything below it, in the reference's member order.
+Cut = tuple[str, ...]  # a place in a store path's walk: the names below the store path
 
-    An entry's ``dir_fd`` is open only until the walk moves on from it.
+
+@dataclass(frozen=True, slots=True)
+class LayerPart:
+    """A run of a layer's walk, for two processes to frame a layer apart: ``store_paths``
+    in order, the first from place ``start`` on, the last up to place ``stop``."""
+
+    store_paths: tuple[str, ...]
+    start: Cut = ()
+    stop: Cut | None = None
+
+    def entries(self) -> Iterator[Entry]:
+        """The entries of this part of the walk, in order.
+
+        Raises:
+            StoreError: as walk_store_path.
+        """
+        last = len(self.store_paths) - 1
+        for index, store_path in enumerate(self.store_paths):
+            start = self.start if index == 0 else ()
+            stop = self.stop if index == last else None
+            yield from walk_store_path(store_path, start=start, stop=stop)
+
+    @classmethod
+    def halves(
+        cls, store_paths: Sequence[str], index: int, place: Cut
+    ) -> tuple[LayerPart, LayerPart]:
+        """The walk of ``store_paths`` cut at ``place`` in store path ``index``."""
+        paths = tuple(store_paths)
+        return cls(paths[: index + 1], stop=place), cls(paths[index:], start=place)
+
+
+def walk_store_path(
+    store_path: str, *, start: Cut = (), stop: Cut | None = None
+) -> Generator[Entry, None, None]:
+    """The store path and everything below it, in the reference's member order; with
+    ``start``, only the entries from that place on; with ``stop``, only those before it.
+
+    Places compare as the walk meets them: an entry's names below the store path, as a
+    tuple, in tuple order (depth first, names sorted: a directory before what it holds).
+    ``start=()`` is the beginning, ``stop=()`` is before the beginning (nothing), and a
+    place need not exist: ``walk(start=c)`` and ``walk(stop=c)`` are the walk, cut in two
+    at ``c``. An entry's ``dir_fd`` is open only until the walk moves on from it.
 
     Raises:
         StoreError: a path is missing, unreadable or of a kind a tar layer can't carry.
     """
+    assert not (start and stop), "a walk is cut at one place"
+    if stop == ():
+        return
     path = str(PurePosixPath(store_path))
     top = _entry(path, "/" + path.lstrip("/"), None, path)
-    yield top
+    if not start:
+        yield top
     if top.type != DIRTYPE:
         return
     # Depth-first with an explicit stack: a deep tree must not meet the recursion limit.
+    # A frame's ``level`` is how deep the cut's names match the directory's (None: not at
+    # all): there its names are trimmed to the ones on the cut's side.
+    cut = start or stop or ()
     fd, names = _open_directory(path, None, path)
-    stack = [(fd, path, top.name, iter(names))]
+    stack = [(fd, path, top.name, iter(_trim(names, cut, 0, bool(start))), 0 if cut else None)]
     try:
         while stack:
-            dir_fd, parent_path, parent_name, children = stack[-1]
+            dir_fd, parent_path, parent_name, children, level = stack[-1]
             for child in children:
+                # On the cut's way down (start): the directory holding the place comes
+                # before it, and was the other part's; only what it holds is this one's.
+                inner = level is not None and child == cut[level] and level + 1 < len(cut)
                 entry = _entry(f"{parent_path}/{child}", parent_name + child, dir_fd, child)
-                yield entry
+                if not (inner and start):
+                    yield entry
                 if entry.type == DIRTYPE:
                     fd, names = _open_directory(entry.path, dir_fd, child)
-                    stack.append((fd, entry.path, entry.name, iter(names)))
+                    deeper = level + 1 if inner and level is not None else None
+                    if deeper is not None:
+                        names = _trim(names, cut, deeper, bool(start))
+                    stack.append((fd, entry.path, entry.name, iter(names), deeper))
                     break
             else:
                 stack.pop()
@@ -174,3 +228,97 @@ def walk_store_path(store_path: str) -> Generator[Entry, None, None]:
     finally:
         for dir_fd, *_ in stack:
             os.close(dir_fd)
+
+
+def _trim(names: list[str], cut: Cut, level: int, from_cut: bool) -> list[str]:
+    """The sorted ``names`` of the directory ``cut[:level]`` on the cut's side: from
+    ``cut[level]`` on (``from_cut``), or up to it (and it, when it holds more of the cut)."""
+    if not cut:
+        return names
+    name = cut[level]
+    if from_cut:
+        return [n for n in names if n >= name]
+    if level + 1 < len(cut):
+        return [n for n in names if n <= name]
+    return [n for n in names if n < name]
+
+
+def count_below(path: str) -> dict[str, int]:
+    """How many entries each directory at or below ``path`` holds at any depth, from
+    directory listings alone (no lstat: scandir's d_type), never following a symlink.
+    Files are not counted as keys. A directory that can't be listed counts as empty: the
+    walk will say what is wrong with it.
+    """
+    below: dict[str, int] = {path: 0}
+    if os.path.islink(path):  # a store path that is a symlink is archived as one
+        return below
+    order: list[tuple[str, list[str]]] = []  # directories, parents first, and their subdirs
+    pending = [path]
+    while pending:
+        directory = pending.pop()
+        subdirs = []
+        count = 0
+        try:
+            with os.scandir(directory) as listing:
+                for item in listing:
+                    count += 1
+                    if item.is_dir(follow_symlinks=False):
+                        subdirs.append(item.path)
+        except OSError:
+            pass
+        below[directory] = count
+        order.append((directory, subdirs))
+        pending.extend(subdirs)
+    for directory, subdirs in reversed(order):  # children before their parents
+        below[directory] += sum(below[sub] for sub in subdirs)
+    return below
+
+
+def place_of(store_path: str, index: int, below: dict[str, int]) -> Cut:
+    """The place of the walk's entry number ``index`` (0: below the store path's first),
+    from ``count_below``'s counts.
+
+    Raises:
+        IndexError: the store path holds no more than ``index`` entries.
+    """
+    directory, left = str(PurePosixPath(store_path)), index
+    place: list[str] = []
+    while True:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            names = []
+        for name in names:
+            child = f"{directory}/{name}"
+            if left == 0:
+                return (*place, name)
+            size = 1 + below.get(child, 0)
+            if left < size:
+                place.append(name)
+                directory, left = child, left - 1
+                break
+            left -= size
+        else:
+            raise IndexError(f"{store_path}: fewer than {index + 1} entries")
+
+
+def split_walk(store_paths: Sequence[str], head_share: float) -> tuple[int, int, Cut]:
+    """Where to cut the walk of ``store_paths`` so that about ``head_share`` of its entries
+    come before the cut: the number of entries in all (counted from listings: an estimate
+    if the store changes meanwhile, which the hash pass's witness catches), the index of
+    the store path cut, and the place in it (``()``: at its beginning)."""
+    paths = [str(PurePosixPath(path)) for path in store_paths]
+    belows = [count_below(path) for path in paths]
+    counts = [1 + below[path] for path, below in zip(paths, belows, strict=True)]
+    total = sum(counts)
+    target = round(total * head_share)
+    for index, count in enumerate(counts):
+        if target < count:
+            if target == 0:
+                return total, index, ()
+            try:
+                return total, index, place_of(paths[index], target - 1, belows[index])
+            except IndexError:  # the store path changed since it was counted
+                return total, index, ()
+        target -= count
+    return total, len(store_paths), ()
