@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from streamimage.engine.compress import gzip_bytes
 from streamimage.engine.framing import Chunk, FileSpan, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, digest_chunks, hash_layer, read_ahead
+from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import SpoolBudget, SpoolFile
 from streamimage.engine.walk import FileIdentity, walk_store_path
 from streamimage.imagejson import Digest
@@ -310,3 +312,27 @@ def test_read_ahead_stops_its_thread_and_closes_its_source_when_the_consumer_lea
         leave_early(source, how)
     assert not read_ahead_threads()
     assert source.closed
+
+
+async def test_the_first_layer_then_the_layers_of_most_entries_hash_first(
+    tmp_path: Path,
+) -> None:
+    # nixpkgs orders layers by popularity: its largest (a Python env) comes near the end;
+    # its pass must not start last. With one worker, the passes run in the order started.
+    sizes = [3, 5, 400, 2, 60]  # entries below each store path, by layer
+    layers = []
+    for n, count in enumerate(sizes):
+        path = tmp_path / f"abc-path{n}"
+        path.mkdir()
+        for i in range(count):
+            (path / f"f{i}").write_bytes(b"x")
+        layers.append([str(path)])
+    hashes = HashPass(layers, ENCODER, UNCOMPRESSED, workers=1, processes=False)
+    async with anyio.create_task_group() as tg:
+        hashes.start(tg)
+        for index in range(len(layers)):
+            await hashes.result(index)
+    started = sorted(range(len(layers)), key=lambda i: hashes.timeline(i).hash_start)
+    assert started == [0, 2, 4, 1, 3]
+    expected = [hash_layer(paths, ENCODER, UNCOMPRESSED, None) for paths in layers]
+    assert [hashes.known(i).diff_id for i in range(len(layers))] == [e.diff_id for e in expected]

@@ -91,6 +91,7 @@ class HashPass:
         self._processes = processes
         self._budget = spool
         self._cache = cache
+        self._plans: dict[int, tuple[int, int, tuple[str, ...]]] = {}  # split_walk's, by layer
 
     def timeline(self, index: int) -> Timeline:
         """When layer ``index``'s passes ran (its stream pass's times are the caller's)."""
@@ -100,21 +101,36 @@ class HashPass:
         """Layer ``index``'s spool files, open until ``release``."""
         return self._slots[index].spool_fds
 
-    def order(self) -> list[int]:
-        """The layers' indices in the order their passes start."""
-        rest = sorted(range(1, len(self._layers)), key=lambda i: -len(self._layers[i]))
-        return [0, *rest] if self._layers else []
-
     def start(self, tg: TaskGroup) -> None:
+        """Start the passes: the first layer's at once, the others once their entries are
+        counted (from directory listings, in a thread, while the first layer hashes), the
+        layers of most entries first, so that the longest passes don't start last and keep
+        the stream waiting: nixpkgs orders layers by popularity (glibc first), and its
+        largest layer (a Python or Node environment) comes near the end."""
+        if self._layers:
+            self._start_pass(tg, 0)
+        if len(self._layers) > 1:
+            tg.start_soon(self._start_the_rest, tg)
+
+    async def _start_the_rest(self, tg: TaskGroup) -> None:
+        rest = range(1, len(self._layers))
+        plans = await anyio.to_thread.run_sync(
+            lambda: [split_walk(self._layers[index], HEAD_SHARE) for index in rest]
+        )
+        for index, plan in zip(rest, plans, strict=True):
+            self._plans[index] = plan
+        for index in sorted(rest, key=lambda index: -self._plans[index][0]):
+            self._start_pass(tg, index)
+
+    def _start_pass(self, tg: TaskGroup, index: int) -> None:
         # The limiter lets tasks in as they queued; a split pass's helper queues right
         # behind its head, so a head never waits for a helper that can't get a slot.
-        for index in self.order():
-            if not self.splittable():
-                tg.start_soon(self._hash, index)
-            else:
-                state = _Split()
-                tg.start_soon(self._hash_head, index, state)
-                tg.start_soon(self._help, index, state)
+        if not self.splittable():
+            tg.start_soon(self._hash, index)
+        else:
+            state = _Split()
+            tg.start_soon(self._hash_head, index, state)
+            tg.start_soon(self._help, index, state)
 
     def splittable(self) -> bool:
         """Whether a large layer may be framed by two worker processes: the first (the
@@ -132,10 +148,13 @@ class HashPass:
         )
 
     async def _plan(self, index: int) -> tuple[int, int, tuple[str, ...]]:
-        """split_walk of layer ``index``, in a thread: its entries, and where to cut it."""
+        """split_walk of layer ``index``: its entries, and where to cut it."""
         timeline = self._slots[index].timeline
         timeline.hash_start = timeline.hash_start or time.monotonic()
-        return await anyio.to_thread.run_sync(split_walk, self._layers[index], HEAD_SHARE)
+        plan = self._plans.get(index)
+        if plan is None:
+            plan = await anyio.to_thread.run_sync(split_walk, self._layers[index], HEAD_SHARE)
+        return plan
 
     async def _hash(self, index: int) -> None:
         async with self._limiter:
