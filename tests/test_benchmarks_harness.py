@@ -7,12 +7,13 @@ mode runs, reads and reports.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmarks import compare
+from benchmarks import compare, layers
 from benchmarks.runner import CONSUMER_ARGV, consumer_overhead, run_once
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
@@ -91,3 +92,48 @@ def test_harness_mode_floor_pipes_tar_into_openssl(tmp_path: Path) -> None:
     assert field[compare.FLOOR].argv[:3] == ("bash", "-o", "pipefail")
     assert " ".join(CONSUMER_ARGV) in field[compare.FLOOR].argv[-1]
     assert field[compare.TAR_TO_HARNESS].argv[0] == "tar"
+
+
+def files_of(conf_path: str) -> dict[str, str]:
+    """file name -> sha256, over every store path of the conf."""
+    conf = json.loads(Path(conf_path).read_text())
+    found = {}
+    for layer in conf["store_layers"]:
+        for path in layer:
+            for file in Path(path).rglob("*"):
+                if file.is_file():
+                    found[file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
+def test_layer_sets_hold_the_same_files_in_one_path_per_layer(tmp_path: Path) -> None:
+    sets = [layers.build_layer_set(tmp_path / str(n), n, 30, 10_007) for n in (1, 10)]
+
+    for layer_set in sets:
+        store_layers = json.loads(Path(layer_set.conf).read_text())["store_layers"]
+        assert len(store_layers) == layer_set.layers
+        assert all(len(layer) == 1 for layer in store_layers)
+        assert all(any(Path(layer[0]).rglob("*.txt")) for layer in store_layers)
+    contents = [files_of(s.conf) for s in sets]
+    assert len(contents[0]) == 30
+    assert contents[0] == contents[1]
+    sizes = sum(f.stat().st_size for f in (tmp_path / "10" / "store").rglob("*.txt"))
+    assert sizes == 10_007
+
+
+def test_a_layer_set_is_reused_when_its_stamp_matches(tmp_path: Path) -> None:
+    first = layers.build_layer_set(tmp_path, 3, 6, 600)
+    marker = tmp_path / "store" / "marker"
+    marker.write_text("kept")
+
+    assert layers.build_layer_set(tmp_path, 3, 6, 600) == first
+    assert marker.exists()
+    layers.build_layer_set(tmp_path, 2, 6, 600)
+    assert not marker.exists()
+
+
+def test_layers_refuses_counts_it_cannot_compare() -> None:
+    with pytest.raises(SystemExit):
+        layers.parse_args(["--skip-reference", "--counts", "10"])
+    with pytest.raises(SystemExit):
+        layers.parse_args(["--skip-reference", "--counts", "1", "100", "--files", "50"])
