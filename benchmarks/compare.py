@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks import corpus
 from benchmarks.runner import (
+    COLD,
     CONSUMER_ARGV,
     CONSUMERS,
     RunResult,
@@ -161,7 +162,6 @@ def _hand_made_corpus(conf_path: Path) -> Corpus:
     )
 
 
-COLD = ("env", "STREAMIMAGE_NO_CACHE=1")  # the digest cache off: every layer hashed
 WARM = "streamimage warm"
 ONE_CHANGED = "si warm, 1 changed"
 

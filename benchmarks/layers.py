@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import corpus
-from benchmarks.compare import COLD, compile_package
-from benchmarks.runner import CONSUMERS, Consumer, RunResult, log_tail, median, run_once
+from benchmarks.compare import compile_package
+from benchmarks.runner import COLD, CONSUMERS, Consumer, RunResult, log_tail, median, run_once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAMP = "layers-stamp.json"

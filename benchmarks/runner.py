@@ -25,6 +25,7 @@ READ_SIZE = 1024 * 1024  # bytes per readinto() of the child's stdout
 PIPE_SIZE = 1024 * 1024  # F_SETPIPE_SZ; the Linux default cap (/proc/sys/fs/pipe-max-size)
 CONSUMER_ARGV = ("openssl", "dgst", "-sha256")  # the "process" consumer
 Consumer = Literal["harness", "process"]
+COLD = ("env", "STREAMIMAGE_NO_CACHE=1")  # streamimage with its digest cache off
 CONSUMERS: tuple[Consumer, ...] = ("process", "harness")
 
 
