@@ -489,6 +489,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.consumer == "process" and shutil.which(CONSUMER_ARGV[0]) is None:
+        parser.error(f"--consumer process needs {CONSUMER_ARGV[0]} on PATH (or --consumer harness)")
     if args.reference is None and not args.skip_reference:
         parser.error(
             "--reference (or env STREAMIMAGE_REFERENCE) is required without --skip-reference"

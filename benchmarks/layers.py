@@ -20,7 +20,16 @@ from pathlib import Path
 
 from benchmarks import corpus
 from benchmarks.compare import compile_package
-from benchmarks.runner import COLD, CONSUMERS, Consumer, RunResult, log_tail, median, run_once
+from benchmarks.runner import (
+    COLD,
+    CONSUMER_ARGV,
+    CONSUMERS,
+    Consumer,
+    RunResult,
+    log_tail,
+    median,
+    run_once,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAMP = "layers-stamp.json"
@@ -184,6 +193,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--files must be at least the largest count: every layer holds a file")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.consumer == "process" and shutil.which(CONSUMER_ARGV[0]) is None:
+        parser.error(f"--consumer process needs {CONSUMER_ARGV[0]} on PATH (or --consumer harness)")
     if args.reference is None and not args.skip_reference:
         parser.error("--reference (or env STREAMIMAGE_REFERENCE) is required")
     return args
