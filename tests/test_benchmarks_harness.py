@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import compare, layers
+from benchmarks import compare, corpus, layers
 from benchmarks.runner import CONSUMER_ARGV, consumer_overhead, run_once
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
@@ -137,3 +141,30 @@ def test_layers_refuses_counts_it_cannot_compare() -> None:
         layers.parse_args(["--skip-reference", "--counts", "10"])
     with pytest.raises(SystemExit):
         layers.parse_args(["--skip-reference", "--counts", "1", "100", "--files", "50"])
+
+
+def test_one_changed_row_makes_the_apps_layer_the_only_miss(tmp_path: Path) -> None:
+    info = corpus.ensure_corpus(
+        tmp_path / "corpus", corpus.CorpusParams(scale=0.002, seed=5, shape="nixpkgs")
+    )
+    bench = compare.Corpus(
+        info.conf,
+        info.store_dir,
+        info.store_paths,
+        info.entries,
+        info.file_bytes,
+        info.directory,
+        info.app_layer,
+    )
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-m", "streamimage", info.conf, "--cache-dir", str(cache), "-v"]
+    env = {k: v for k, v in os.environ.items() if k != "STREAMIMAGE_NO_CACHE"}
+    compare.settle(bench)
+    subprocess.run(argv, capture_output=True, check=True, env=env)
+
+    compare.forget_app_layer(bench, compare.parse_args(["--skip-reference"]), str(cache))
+    rerun = subprocess.run(argv, capture_output=True, check=True, env=env)
+
+    missed = re.findall(r"layer (\d+):.*cache miss", rerun.stderr.decode())
+    assert missed == [str(info.app_layer + 1)]
+    assert info.store_layers[info.app_layer][0].endswith("-bench-app-1.0")
