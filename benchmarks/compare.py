@@ -1,11 +1,13 @@
 # Times the reference script and streamimage side by side on one corpus, plus GNU tar as
 # the floor. Rule: runs alternate (reference, streamimage, baseline, floors, ...) round by
 # round, the order rotating each round, so drift and position hit every contender alike,
-# and every contender's stdout goes through the same consumer (runner.run_once); outputs
-# must be byte-identical unless --si-args changes them (a --baseline-cmd gets the same
-# --si-args, so it must match streamimage either way).
+# and every contender's stdout goes through the same consumer (runner.run_once: by default
+# `openssl dgst -sha256` in a process of its own, the floor's tar included); outputs must be
+# byte-identical unless --si-args changes them (a --baseline-cmd gets the same --si-args,
+# so it must match streamimage either way).
 #
 #   python -m benchmarks.compare --reference PATH [--corpus DIR | --scale S] [--runs N]
+#       [--shape default|small-files|nixpkgs] [--consumer process|harness] [--warm]
 #       [--json FILE] [--tool-cmd "python3 -m streamimage"] [--si-args="--compress gzip"]
 #       [--baseline-cmd "env PYTHONPATH=/tmp/before python3 -P -m streamimage"]
 #       [--skip-reference]
@@ -19,15 +21,25 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 from benchmarks import corpus
-from benchmarks.runner import RunResult, log_tail, median, run_once, shell_pipeline
+from benchmarks.runner import (
+    COLD,
+    CONSUMER_ARGV,
+    CONSUMERS,
+    RunResult,
+    log_tail,
+    median,
+    run_once,
+    shell_pipeline,
+)
 from streamimage.cli import load_conf
-from streamimage.engine.cache import DATABASE, DigestCache, KeyContext
+from streamimage.engine.cache import DATABASE, RACY_SECONDS, DigestCache, KeyContext
 from streamimage.options import parse_compression
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +58,9 @@ class Contender:
     # (reference piped into a compressor)
     role: str
     before: Callable[[], None] | None = None  # untimed, before each run
+    # the digest cache of a streamimage row: "cold" (off), "warm" (every layer a hit),
+    # "1 changed" (the app's layer a miss); "" for the others
+    cache: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +71,21 @@ class Corpus:
     entries: int
     file_bytes: int
     directory: str
+    app_layer: int = -1  # the store layer an app rebuild changes (the "1 changed" row)
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
     name: str
     argv: tuple[str, ...]
+    cache: str
     runs: tuple[RunResult, ...]
     failures: int
     median_s: float
     min_s: float
     max_s: float
     median_cpu_s: float
+    median_consumer_cpu_s: float  # of the "process" consumer; 0 with --consumer harness
     stream_bytes: int  # bytes of the image/archive stream (for the floor: tar's output)
     mb_per_s: float  # stream_bytes / median_s, MB = 1e6 bytes
     files_per_s: float  # corpus entries / median_s
@@ -80,6 +98,7 @@ class Summary:
 class Report:
     corpus: Corpus
     runs: int
+    consumer: str  # "process" or "harness"
     pipe_size: int
     si_args: tuple[str, ...]
     summaries: tuple[Summary, ...]
@@ -113,6 +132,7 @@ def load_corpus(args: argparse.Namespace) -> Corpus:
         entries=info.entries,
         file_bytes=info.file_bytes,
         directory=info.directory,
+        app_layer=info.app_layer,
     )
 
 
@@ -143,7 +163,6 @@ def _hand_made_corpus(conf_path: Path) -> Corpus:
     )
 
 
-COLD = ("env", "STREAMIMAGE_NO_CACHE=1")  # the digest cache off: every layer hashed
 WARM = "streamimage warm"
 ONE_CHANGED = "si warm, 1 changed"
 
@@ -157,8 +176,9 @@ def baseline_argv(args: argparse.Namespace, bench: Corpus, pycache: str) -> tupl
 
 def warm_contenders(args: argparse.Namespace, bench: Corpus, log: Path) -> list[Contender]:
     """streamimage with a digest cache of its own, filled by an untimed run: every layer a
-    hit; and with the last store layer's entry dropped before each run, as when an app's
-    store path changed between two builds (only that layer is hashed)."""
+    hit; and with the app's layer's entry dropped before each run, as when the app's store
+    path changed between two builds (only that layer is hashed)."""
+    settle(bench)
     found = []
     for name in (WARM, ONE_CHANGED):
         cache = tempfile.mkdtemp(prefix="compare-cache.")
@@ -174,19 +194,30 @@ def warm_contenders(args: argparse.Namespace, bench: Corpus, log: Path) -> list[
         filled = run_once(f"{name} (fill)", argv, log=log, cwd=REPO_ROOT)
         if filled.exit_code != 0:
             raise RuntimeError(f"filling the digest cache failed: {log_tail(log)}")
-        before = None if name == WARM else partial(forget_last_layer, bench, args, cache)
-        found.append(Contender(name, argv, "tool", before))
+        before = None if name == WARM else partial(forget_app_layer, bench, args, cache)
+        found.append(Contender(name, argv, "tool", before, "warm" if name == WARM else "1 changed"))
     return found
 
 
-def forget_last_layer(bench: Corpus, args: argparse.Namespace, cache: str) -> None:
+def settle(bench: Corpus) -> None:
+    """Waits until the corpus is older than the cache's RACY_SECONDS: streamimage does not
+    store the digests of a store changed that recently, so a fill run right after the
+    corpus was generated would leave the warm rows cold."""
+    stamp = Path(bench.directory) / corpus.STAMP_NAME
+    if stamp.exists():
+        time.sleep(max(0.0, stamp.stat().st_mtime + RACY_SECONDS - time.time()))
+
+
+def forget_app_layer(bench: Corpus, args: argparse.Namespace, cache: str) -> None:
+    """Drops the cache entry of the layer holding the app (the last store layer of the
+    default corpus, its own layer near the end of the nixpkgs one)."""
     conf = load_conf(bench.conf, None)
     at = args.si_args.index("--compress") if "--compress" in args.si_args else -1
     compression = parse_compression(args.si_args[at + 1] if at >= 0 else "none")
     context = KeyContext(conf.uid, conf.gid, conf.uname, conf.gname, conf.mtime, compression)
     db = DigestCache(os.path.join(cache, DATABASE))
     try:
-        db.drop(context.key(conf.store_layers[-1]))
+        db.drop(context.key(conf.store_layers[bench.app_layer]))
     finally:
         db.close()
 
@@ -195,13 +226,17 @@ def contenders(args: argparse.Namespace, bench: Corpus, pycache: str) -> list[Co
     tool = (*COLD, *shlex.split(args.tool_cmd), bench.conf, *args.si_args)
     names = [os.path.relpath(path, bench.store_dir) for path in bench.store_paths]
     tar = ("tar", "-C", bench.store_dir, "-cf", "-", "--", *names)
-    found = [Contender(STREAMIMAGE, tool, "tool")]
+    found = [Contender(STREAMIMAGE, tool, "tool", cache="cold")]
     if args.baseline_cmd is not None:
-        found.append(Contender(BASELINE, baseline_argv(args, bench, pycache), "tool"))
-    found += [
-        Contender(FLOOR, tuple(shell_pipeline(tar, ("openssl", "dgst", "-sha256"))), "floor"),
-        Contender(TAR_TO_HARNESS, tar, "floor"),
-    ]
+        found.append(Contender(BASELINE, baseline_argv(args, bench, pycache), "tool", cache="cold"))
+    if args.consumer == "process":
+        # the consumer process is the floor's openssl, as it is every contender's
+        found.append(Contender(FLOOR, tar, "floor"))
+    else:
+        found += [
+            Contender(FLOOR, tuple(shell_pipeline(tar, CONSUMER_ARGV)), "floor"),
+            Contender(TAR_TO_HARNESS, tar, "floor"),
+        ]
     if args.skip_reference:
         return found
     reference = (sys.executable, str(Path(args.reference).resolve()), bench.conf)
@@ -224,16 +259,20 @@ def summarize(
 ) -> Summary:
     ok = [run for run in runs if run.exit_code == 0]
     med = median([run.wall_s for run in ok])
-    stream = tar_bytes if contender.name == FLOOR else (ok[0].out_bytes if ok else 0)
+    # The floor's bash pipeline writes openssl's line to the harness, not tar's archive.
+    piped = contender.name == FLOOR and any(run.consumer == "harness" for run in ok)
+    stream = tar_bytes if piped else (ok[0].out_bytes if ok else 0)
     return Summary(
         name=contender.name,
         argv=contender.argv,
+        cache=contender.cache,
         runs=tuple(runs),
         failures=len(runs) - len(ok),
         median_s=med,
         min_s=min((run.wall_s for run in ok), default=float("nan")),
         max_s=max((run.wall_s for run in ok), default=float("nan")),
         median_cpu_s=median([run.cpu_s for run in ok]),
+        median_consumer_cpu_s=median([run.consumer_cpu_s for run in ok]),
         stream_bytes=stream,
         mb_per_s=stream / med / 1e6 if ok else float("nan"),
         files_per_s=bench.entries / med if ok else float("nan"),
@@ -252,8 +291,10 @@ def identical_outputs(*summaries: Summary) -> bool:
 def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) -> Report:
     field = contenders(args, bench, pycache)
     named = {c.name: c for c in field}
+    names = [os.path.relpath(path, bench.store_dir) for path in bench.store_paths]
+    tar = ("tar", "-C", bench.store_dir, "-cf", "-", "--", *names)
     # Warm the page cache. Not into /dev/null: GNU tar then skips reading file data.
-    warm = run_once("warm-up", named[TAR_TO_HARNESS].argv, log=log, pipe_size=args.pipe_size)
+    warm = run_once("warm-up", tar, log=log, pipe_size=args.pipe_size)
     if warm.exit_code != 0:
         raise RuntimeError(f"warm-up tar failed ({warm.exit_code}): {log_tail(log)}")
     if args.warm:
@@ -286,6 +327,7 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) ->
                 log=log,
                 cwd=REPO_ROOT,
                 pipe_size=args.pipe_size,
+                consumer=args.consumer,
             )
             results[contender.name].append(result)
             sys.stderr.write(
@@ -304,6 +346,7 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) ->
     return Report(
         corpus=bench,
         runs=args.runs,
+        consumer=args.consumer,
         pipe_size=args.pipe_size,
         si_args=tuple(args.si_args),
         summaries=summaries,
@@ -322,17 +365,23 @@ def render(report: Report) -> str:
     lines = [
         f"corpus   {bench.directory}: {bench.entries:,} entries, {bench.file_bytes / 1e6:,.1f} MB"
         f" of file data, {len(bench.store_paths)} store paths",
-        f"runs     {report.runs} per contender, alternating; consumer: sha256 in the harness,"
+        f"runs     {report.runs} per contender, alternating; consumer: {_consumer(report)},"
         f" pipe {report.pipe_size} B; median times",
         "",
-        f"{'contender':<20} {'median s':>9} {'min s':>8} {'cpu s':>8} {'MB/s':>8} {'files/s':>9}"
-        f" {'peak RSS':>9} {'stream MB':>10} {'x si':>6} {'fail':>4}",
+        f"{'contender':<20} {'cache':<9} {'median s':>9} {'min s':>8} {'cpu s':>8}"
+        f" {'cons s':>7} {'MB/s':>8} {'files/s':>9} {'peak RSS':>9} {'stream MB':>10}"
+        f" {'x si':>6} {'fail':>4}",
     ]
     lines.extend(
-        f"{s.name:<20} {s.median_s:9.3f} {s.min_s:8.3f} {s.median_cpu_s:8.2f}"
-        f" {s.mb_per_s:8.1f} {s.files_per_s:9,.0f} {s.peak_rss_kib / 1024:6.1f} MiB"
-        f" {s.stream_bytes / 1e6:10.1f} {s.median_s / si.median_s:6.2f} {s.failures:4}"
+        f"{s.name:<20} {s.cache or '-':<9} {s.median_s:9.3f} {s.min_s:8.3f} {s.median_cpu_s:8.2f}"
+        f" {s.median_consumer_cpu_s:7.2f} {s.mb_per_s:8.1f} {s.files_per_s:9,.0f}"
+        f" {s.peak_rss_kib / 1024:6.1f} MiB {s.stream_bytes / 1e6:10.1f}"
+        f" {s.median_s / si.median_s:6.2f} {s.failures:4}"
         for s in report.summaries
+    )
+    lines.append(
+        "median s: spawn to reap of the whole pipeline; cpu s: the contender's process tree;"
+        " cons s: the consumer process (0: the harness consumed)"
     )
     lines.append("")
     by_name = {s.name: s for s in report.summaries}
@@ -377,6 +426,12 @@ def render(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _consumer(report: Report) -> str:
+    if report.consumer == "process":
+        return f"`{shlex.join(CONSUMER_ARGV)}` in a process of its own (digests it printed)"
+    return "sha256 in the harness"
+
+
 def _hashes(summary: Summary) -> str:
     return ",".join(h[:16] for h in summary.sha256s) or "-"
 
@@ -401,13 +456,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warm",
         action="store_true",
         help="also time streamimage with a filled digest cache (every layer a hit) and with "
-        "the last layer's entry dropped before each run (one layer hashed); the other "
+        "the app's layer's entry dropped before each run (that layer hashed); the other "
         "streamimage rows run with the cache off",
     )
     parser.add_argument("--corpus", type=Path, help="corpus dir (generated there if missing)")
     parser.add_argument("--scale", type=float, help="corpus scale (default 1)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shape", choices=corpus.SHAPES, default="default")
+    parser.add_argument(
+        "--consumer",
+        choices=CONSUMERS,
+        default="process",
+        help="who reads every contender's stdout: `openssl dgst -sha256` in a process of its"
+        " own, as `docker load` hashes the image (default; the floor is tar into it), or a"
+        " sha256 in the harness (the floor is then a `tar | openssl` pipeline)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument(
@@ -437,6 +500,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.consumer == "process" and shutil.which(CONSUMER_ARGV[0]) is None:
+        parser.error(f"--consumer process needs {CONSUMER_ARGV[0]} on PATH (or --consumer harness)")
     if args.reference is None and not args.skip_reference:
         parser.error(
             "--reference (or env STREAMIMAGE_REFERENCE) is required without --skip-reference"

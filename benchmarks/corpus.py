@@ -3,13 +3,14 @@
 # a stamp file written last records those parameters, so an existing corpus is reused and a
 # half-written one is regenerated.
 #
-#   python -m benchmarks.corpus DIR [--scale S] [--seed N] [--shape default|small-files]
+#   python -m benchmarks.corpus DIR [--scale S] [--seed N] [--shape default|small-files|nixpkgs]
 from __future__ import annotations
 
 import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import random
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+
+from benchmarks import closure
 
 CORPUS_VERSION = 1  # bump when the generator's output changes for the same parameters
 STAMP_NAME = ".corpus-stamp.json"
@@ -42,9 +45,15 @@ WRITE_CHUNK = 8 * MIB  # one write() for large files
 TEXT_POOL_SIZE = 1 * MIB  # small files are slices of this seeded text
 MAX_DIR_DEPTH = 9  # below a package root
 
-Shape = Literal["default", "small-files"]
+NIXPKGS_ENV_ENTRIES = 50_000  # entries of the nixpkgs shape's dominant store path, scale 1
+# Entries of the other store paths of the nixpkgs shape at scale 1, by kind (small ones
+# draw theirs log-uniformly between the two bounds).
+NIXPKGS_ENTRIES: dict[closure.Kind, int] = {"big": 400, "medium": 250, "app": 12}
+NIXPKGS_SMALL_ENTRIES = (3, 120)
+
+Shape = Literal["default", "small-files", "nixpkgs"]
 Kind = Literal["dir", "file", "symlink", "hardlink"]
-SHAPES: tuple[Shape, ...] = ("default", "small-files")
+SHAPES: tuple[Shape, ...] = ("default", "small-files", "nixpkgs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,9 @@ class CorpusInfo:
     executables: int
     large_files: int
     long_names: int  # names over 100 chars once placed under /nix/store/
+    # The store layer a rebuild of the app changes (an index into store_layers): the one
+    # holding the app's store path. Stamps older than this field have the app last.
+    app_layer: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,9 @@ class Plan:
     entries: tuple[Entry, ...]
     text_pool: bytes
     block: bytes
+    # store-relative names by layer; None: the default layering of `_layers`
+    layers: tuple[tuple[str, ...], ...] | None = None
+    app: str = ""  # the app's store-relative name, when the plan says which it is
 
 
 # --- seeded content -------------------------------------------------------------------
@@ -401,6 +416,107 @@ def _plan_small_files(rng: random.Random, scale: float) -> tuple[list[str], list
     return store_names, entries
 
 
+def _fit(entries: list[Entry], limit: int) -> None:
+    """Shrinks the small files of `entries` in place until they hold at most `limit` bytes
+    (at tiny scales they would otherwise crowd out a path's large files)."""
+    total = sum(e.size for e in entries if e.kind == "file")
+    if total <= limit:
+        return
+    for i, e in enumerate(entries):
+        if e.kind == "file":
+            entries[i] = Entry(e.path, e.kind, e.mode, e.size * limit // total, content=e.content)
+
+
+def _add_large_files(
+    planner: _TreePlanner, rng: random.Random, parent: str, count: int, budget: int, first: int
+) -> int:
+    """`count` library-like files sharing `budget` bytes in `parent`; returns the next index."""
+    weights = [rng.uniform(0.5, 1.5) for _ in range(count)]
+    sizes = [int(budget * w / sum(weights)) for w in weights]
+    sizes[0] += budget - sum(sizes)
+    stem = planner.store_name.split("-", 2)[1]
+    for index, size in enumerate(sizes, start=first):
+        path = planner.unique(planner.add_dir(parent), f"lib{stem}.so.{index - first}")
+        planner.entries.append(Entry(path, "file", 0o555, size, content=index, large=True))
+    return first + count
+
+
+def _plan_lib_path(
+    planner: _TreePlanner, rng: random.Random, budget: int, entries: int, large: int, first: int
+) -> int:
+    """A package of a few library-like files (at least one) and small files around them
+    (headers, docs, pkg-config): `entries` entries, `budget` bytes. Returns the next index."""
+    store = planner.store_name
+    parents = [
+        planner.add_dir(posixpath.join(store, sub))
+        for sub in ("lib", "share/doc", "include", "lib/pkgconfig", "bin")[: max(1, entries // 12)]
+    ]
+    small = max(0, entries - len(planner.entries) - max(1, large))
+    start = len(planner.entries)
+    for _ in range(small):
+        parent = rng.choice(parents)
+        size = min(_small_size(rng), 64 * KIB)
+        planner.add_file(parent, planner._file_name(parent), size, planner._file_mode())
+    tail = planner.entries[start:]
+    _fit(tail, budget // 3)
+    planner.entries[start:] = tail
+    rest = budget - sum(e.size for e in tail)
+    return _add_large_files(planner, rng, posixpath.join(store, "lib"), max(1, large), rest, first)
+
+
+def _plan_nixpkgs(
+    rng: random.Random, scale: float, text_pool: bytes
+) -> tuple[list[str], list[Entry], closure.Closure]:
+    total_bytes = max(1 * MIB, round(DEFAULT_BYTES * scale))
+    graph = closure.plan_closure(rng)  # the same names, references and layers at any scale
+    low, high = NIXPKGS_SMALL_ENTRIES
+    at_scale_1 = [
+        NIXPKGS_ENTRIES.get(p.kind) or round(math.exp(rng.uniform(math.log(low), math.log(high))))
+        for p in graph.paths
+    ]
+    env_share = 1.0 - sum(p.share for p in graph.paths)
+    entries: list[Entry] = []
+    large_index = 0
+    for path, count in zip(graph.paths, at_scale_1, strict=True):
+        budget = round(total_bytes * (env_share if path.kind == "env" else path.share))
+        planner = _TreePlanner(rng, path.name, len(text_pool))
+        match path.kind:
+            case "file":
+                # writeScript / writeText outputs: the store path is the file
+                size = rng.randint(200, 3 * KIB)
+                offset = rng.randrange(len(text_pool) - size)
+                mode = 0o555 if path.name.endswith("entrypoint") else 0o444
+                entries.append(Entry(path.name, "file", mode, size, content=offset))
+                continue
+            case "symlink":
+                # a store path that is a symlink to another (relative: the store is moved)
+                entries.append(Entry(path.name, "symlink", 0o777, target=path.references[0]))
+                continue
+            case "env":
+                env_entries = max(8, round(NIXPKGS_ENV_ENTRIES * scale))
+                max_small = max(1, min(256 * KIB, budget // 3 // max(1, env_entries // 40)))
+                planner.plan_package_tree("lib/python3.11/site-packages", env_entries, max_small)
+                small = planner.entries[1:]
+                _fit(small, budget * 2 // 3)
+                planner.entries[1:] = small
+                rest = budget - sum(e.size for e in small if e.kind == "file")
+                rest -= sum(_size_of(small, e.target) for e in small if e.kind == "hardlink")
+                where = posixpath.join(path.name, "lib/python3.11/site-packages/_native")
+                large_index = _add_large_files(
+                    planner, rng, where, path.large, max(0, rest), large_index
+                )
+            case _:
+                large_index = _plan_lib_path(
+                    planner, rng, budget, max(1, round(count * scale)), path.large, large_index
+                )
+        entries += planner.entries
+    return [p.name for p in graph.paths], entries, graph
+
+
+def _size_of(entries: list[Entry], path: str) -> int:
+    return next(e.size for e in entries if e.path == path)
+
+
 def plan_corpus(params: CorpusParams) -> Plan:
     """Plans the whole corpus from `params` alone; raises ValueError on bad parameters."""
     if not params.scale > 0:
@@ -413,6 +529,9 @@ def plan_corpus(params: CorpusParams) -> Plan:
             names, entries = _plan_default(rng, params.scale, text_pool)
         case "small-files":
             names, entries = _plan_small_files(rng, params.scale)
+        case "nixpkgs":
+            names, entries, graph = _plan_nixpkgs(rng, params.scale, text_pool)
+            return Plan(tuple(names), tuple(entries), text_pool, block, graph.layers, graph.app)
         case _:
             raise ValueError(f"unknown shape {params.shape!r}, expected one of {SHAPES}")
     return Plan(tuple(names), tuple(entries), text_pool, block)
@@ -539,12 +658,14 @@ def _summarize(plan: Plan, directory: Path, store_dir: Path, conf: Path) -> Corp
         if posixpath.normpath(posixpath.join(posixpath.dirname(e.path), e.target)) not in by_path
     )
     paths = tuple(str(store_dir / name) for name in plan.store_names)
+    layers = plan_layers(plan, store_dir)
+    app = str(store_dir / plan.app) if plan.app else paths[-1]
     return CorpusInfo(
         directory=str(directory),
         conf=str(conf),
         store_dir=str(store_dir),
         store_paths=paths,
-        store_layers=_layers(paths),
+        store_layers=layers,
         entries=len(plan.entries),
         file_bytes=sum(e.size for e in files) + sum(by_path[e.target].size for e in hardlinks),
         files=len(files),
@@ -556,7 +677,15 @@ def _summarize(plan: Plan, directory: Path, store_dir: Path, conf: Path) -> Corp
         executables=sum(1 for e in files if e.mode & 0o111),
         large_files=sum(1 for e in files if e.large),
         long_names=sum(1 for e in plan.entries if len(NIX_STORE_PREFIX + e.path) > 100),
+        app_layer=next(i for i, layer in enumerate(layers) if app in layer),
     )
+
+
+def plan_layers(plan: Plan, store_dir: Path) -> tuple[tuple[str, ...], ...]:
+    """The conf's store_layers for `plan`: absolute paths under `store_dir`."""
+    if plan.layers is None:
+        return _layers(tuple(str(store_dir / name) for name in plan.store_names))
+    return tuple(tuple(str(store_dir / name) for name in layer) for layer in plan.layers)
 
 
 def _layers(paths: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
@@ -608,9 +737,8 @@ def ensure_corpus(directory: Path, params: CorpusParams, *, log: bool = False) -
     store_dir.mkdir()
     _materialize(plan, store_dir)
     customisation = write_customisation(directory)
-    info_paths = tuple(str(store_dir / name) for name in plan.store_names)
     conf = write_conf(
-        directory, store_dir, [list(layer) for layer in _layers(info_paths)], customisation
+        directory, store_dir, [list(layer) for layer in plan_layers(plan, store_dir)], customisation
     )
     info = _summarize(plan, directory, store_dir, conf)
     stamp = {"version": CORPUS_VERSION, "params": asdict(params), "info": asdict(info)}

@@ -4,7 +4,7 @@
 # /proc every 50 ms, summed over the tool's process tree, next to the bytes streamed so far.
 #
 #   python -m benchmarks.memory [--size-gb 5] [--with-reference --reference PATH]
-#   python -m benchmarks.memory --scale-check [--scales 1 4]
+#   python -m benchmarks.memory --scale-check [--scales 1 4] [--shape default|nixpkgs|...]
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import corpus
-from benchmarks.runner import Progress, RunResult, log_tail, run_once
+from benchmarks.runner import COLD, Progress, RunResult, log_tail, run_once
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GIB = 1024**3
@@ -166,7 +166,9 @@ def build_sparse_store(directory: Path, size_gb: float) -> Path:
 
 
 def _tool_argv(args: argparse.Namespace, conf: Path) -> list[str]:
-    return [*shlex.split(args.tool_cmd), str(conf)]
+    # Cold, as a first build is: with its digest cache a rerun would skip the hash passes
+    # (and their workers), and the result would depend on what ran before.
+    return [*COLD, *shlex.split(args.tool_cmd), str(conf)]
 
 
 def _reference_argv(args: argparse.Namespace, conf: Path) -> list[str]:
@@ -196,9 +198,9 @@ def sparse_check(args: argparse.Namespace, log: Path) -> list[MemoryRun]:
 def scale_check(args: argparse.Namespace, log: Path) -> ScaleCheck:
     runs = []
     for scale in args.scales:
-        params = corpus.CorpusParams(scale=scale, seed=1, shape="default")
+        params = corpus.CorpusParams(scale=scale, seed=args.seed, shape=args.shape)
         info = corpus.ensure_corpus_in_subprocess(corpus.default_corpus_dir(params), params)
-        label = f"corpus scale {scale:g}"
+        label = f"{args.shape} scale {scale:g}"
         conf = Path(info.conf)
         runs.append(measure("streamimage", label, _tool_argv(args, conf), log, args.interval))
         if args.with_reference:
@@ -220,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="where the sparse store goes")
     parser.add_argument("--scale-check", action="store_true", help="peak RSS at corpus scales")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument(
+        "--shape", choices=corpus.SHAPES, default="default", help="corpus of --scale-check"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="corpus seed of --scale-check")
     parser.add_argument("--with-reference", action="store_true")
     parser.add_argument(
         "--reference",
