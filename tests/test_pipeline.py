@@ -11,11 +11,13 @@ import errno
 import fcntl
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from streamimage.engine.framing import Chunk, FileSpan
@@ -279,6 +281,46 @@ async def test_fd_sink_on_a_pipe_whose_reader_left_is_an_output_error(
         os.close(write_end)
     assert sink.written == 0
     assert not sink.busy
+
+
+async def test_fd_sink_counts_what_is_sent_within_a_batch(
+    files: tuple[list[Chunk], bytes],
+) -> None:
+    # the progress display reads ``sent`` a few times a second: a batch of large files
+    # (gigabytes, with a slow reader) must not show as nothing until it is all out
+    chunks, expected = files
+    read_end, write_end = os.pipe()
+    sink = FdSink(write_end, "pipe")
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while data := os.read(read_end, 64 * KIB):
+            received.extend(data)
+            time.sleep(0.002)
+
+    seen: list[tuple[int, int]] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, read_slowly)
+
+            async def write() -> None:
+                try:
+                    await sink.write_batch(chunks)
+                finally:
+                    os.close(write_end)
+
+            tg.start_soon(write)
+            with anyio.fail_after(STOP_BOUND):
+                while sink.written == 0:
+                    seen.append((sink.written, sink.sent))
+                    await anyio.sleep(0.005)
+    finally:
+        os.close(read_end)
+    assert bytes(received) == expected
+    assert sink.sent == sink.written == len(expected)
+    during = [sent for written, sent in seen if written == 0]
+    assert during == sorted(during)  # it only grows
+    assert any(0 < sent < len(expected) for sent in during), during[-5:]
 
 
 async def test_a_write_cancelled_before_it_starts_leaves_the_sink_free() -> None:

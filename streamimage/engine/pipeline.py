@@ -69,8 +69,16 @@ class FdSink:
         self.fd = fd
         self.name = name
         self.written = 0
+        self._sending = 0  # bytes of the batch in a worker thread that are out already
         self._sendfile = True
         self._busy = False  # a worker thread is inside a write (set here, cleared there)
+
+    @property
+    def sent(self) -> int:
+        """Bytes out so far, counted as each write or sendfile call returns (``written``
+        counts whole batches): what the progress display reads. The worker thread is the
+        one writer of the count; the loop resets it, once the thread is done."""
+        return self.written + self._sending
 
     @property
     def busy(self) -> bool:
@@ -97,12 +105,15 @@ class FdSink:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view) :]
+                count = os.write(self.fd, view)
+                self._sending += count
+                view = view[count:]
         except OSError as exc:
             raise output_error(self.name, exc) from exc
 
     async def write(self, data: bytes) -> None:
         self.written += await self._in_thread(self._write_batch, [data])
+        self._sending = 0
 
     def _write_batch(self, batch: Batch) -> int:
         written = 0
@@ -117,6 +128,7 @@ class FdSink:
 
     async def write_batch(self, batch: Batch) -> None:
         self.written += await self._in_thread(self._write_batch, batch)
+        self._sending = 0
 
     def _send(self, span: FileSpan) -> None:
         fd = open_checked(span.path, span.identity)
@@ -136,7 +148,9 @@ class FdSink:
     def _send_some(self, fd: int, offset: int, count: int) -> int:
         if self._sendfile:
             try:
-                return os.sendfile(self.fd, fd, offset, count)
+                sent = os.sendfile(self.fd, fd, offset, count)
+                self._sending += sent
+                return sent
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise output_error(self.name, exc) from exc
