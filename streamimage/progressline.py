@@ -157,4 +157,5 @@ class RateWindow:
         (start, first), (end, last) = self._samples[0], self._samples[-1]
         if end <= start:
             return None
-        return (last - first) / (end - start)
+        # a count may go down (an upload retried from an earlier offset): no negative rate
+        return max(0.0, (last - first) / (end - start))

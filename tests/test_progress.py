@@ -148,6 +148,37 @@ def test_progress_counts_the_blobs_of_an_oci_dir_and_skips_those_there(
     assert "  0 B/0 B  100%" in last  # every blob was there: nothing to send
 
 
+@pytest.mark.parametrize("image_format", ["docker", "oci"])
+def test_the_total_of_compressed_layers_is_known_and_reached(
+    store: Store, image_format: str
+) -> None:
+    # a compressed layer's size is known once compressed: by its hash pass (store
+    # layers) or ahead of streaming (the customisation layer)
+    result = run(store, "--format", image_format, "--compress", "gzip", "--progress", "always")
+    assert result.returncode == 0, result.stderr
+    last = [line for line in result.stderr.decode().splitlines() if PROGRESS.match(line)][-1]
+    sizes = re.match(r"layer 3/3  ([\d.]+ \w+)/([\d.]+ \w+)  100%", last)
+    assert sizes is not None, last
+    assert sizes[1] == sizes[2] != "0 B"
+
+
+def test_a_layer_repeated_in_an_oci_archive_is_counted_once(store: Store) -> None:
+    conf = store.write_conf(store.with_(store_layers=[store.layers[0]]), "once.json")
+    twice = store.write_conf(store.with_(store_layers=[store.layers[0]] * 2), "twice.json")
+    lines = []
+    for name in (conf.name, twice.name):
+        result = run(store, "--format", "oci", "--progress", "always", conf=name)
+        assert result.returncode == 0, result.stderr
+        lines.append(
+            [line for line in result.stderr.decode().splitlines() if PROGRESS.match(line)][-1]
+        )
+    # the same blob is written once: the total to write is the same
+    assert lines[0].startswith("layer 2/2  ")
+    assert lines[1].startswith("layer 3/3  ")
+    assert lines[0].split("  ")[1:3] == lines[1].split("  ")[1:3]
+    assert " 100%" in lines[1]
+
+
 class Sized(Layer):
     """A layer that is only a size, known or not yet."""
 

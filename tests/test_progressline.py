@@ -169,6 +169,9 @@ def test_the_rate_is_measured_over_the_window() -> None:
         window.add(float(second), 1000)
     # the last 5 s: 8 -> 13 s, 800 -> 1000 bytes
     assert window.rate() == pytest.approx(200 / 5)
+    for second in range(14, 20):  # an upload retried: the count goes back
+        window.add(float(second), 0)
+    assert window.rate() == 0.0
 
 
 @given(
