@@ -38,7 +38,7 @@ class Meter(Protocol):
     """A count of bytes sent that grows as they go: a sink's, an upload's."""
 
     @property
-    def sent(self) -> int:
+    def written(self) -> int:
         """Bytes sent so far; read a few times a second, from the event loop."""
         ...
 
@@ -46,7 +46,7 @@ class Meter(Protocol):
 class Progress(Protocol):
     """Where the reference's lines go, and what the progress display counts: the store
     entries streamed, the layers, the bytes sent. Each call is once per layer or blob,
-    never per chunk: the display reads the counters (``Meter.sent``,
+    never per chunk: the display reads the counters (``Meter.written``,
     ``Layer.known_size``) on its own, a few times a second."""
 
     files: int
@@ -67,7 +67,7 @@ class Progress(Protocol):
         ...
 
     def watch(self, meter: Meter) -> None:
-        """Count ``meter.sent`` as bytes of layers sent: a destination calls this for
+        """Count ``meter.written`` as bytes of layers sent: a destination calls this for
         each sink or upload it opens (the output file or stdout, given to the display,
         is counted already)."""
         ...

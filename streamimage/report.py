@@ -4,7 +4,7 @@ and (on a terminal, or asked for) a live progress line (progressline.py formats 
 IO: writes to a text stream (stderr); never to stdout, which carries the image.
 Rule: the live display costs the pipeline nothing per chunk: a task of its own reads the
 counters (the sinks' bytes written, the layers' sizes once known) REFRESH times a second;
-the pipeline tells it only which layer is being written, and of a blob not sent.
+the run tells it only which layer is being written, and of a blob not sent.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Reporter:
         self._skipped += size
 
     def _sent(self) -> int:
-        return sum(m.sent for m in self._sinks) + sum(m.sent for m in self._meters)
+        return sum(m.written for m in self._sinks) + sum(m.written for m in self._meters)
 
     def snapshot(self, *, step: bool = True) -> Snapshot:
         """The counters now, as the progress line shows them (rate: as last sampled)."""

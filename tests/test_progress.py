@@ -203,7 +203,7 @@ class Sized(Layer):
 
 @dataclass
 class Upload:
-    sent: int = 0
+    written: int = 0
 
 
 def test_the_total_is_the_layers_once_every_size_is_known() -> None:
@@ -213,7 +213,7 @@ def test_the_total_is_the_layers_once_every_size_is_known() -> None:
     upload = Upload()
     reporter.watch(upload)
     reporter.layer(1)
-    upload.sent = 600
+    upload.written = 600
     before = reporter.snapshot()
     assert (before.layer, before.layers, before.done) == (1, 3, 600)
     assert before.total == 1024
@@ -252,7 +252,7 @@ async def test_on_a_terminal_the_line_is_redrawn_in_place_below_the_lines(
     stream = Terminal()
     reporter = Reporter(stream, live=True)
     reporter.plan([Sized(2000), Sized(3000)])
-    sink = Upload(sent=1000)
+    sink = Upload(written=1000)
     async with anyio.create_task_group() as tg:
         tg.start_soon(reporter.show_progress, [sink])
         await anyio.sleep(0.05)
@@ -279,7 +279,7 @@ async def test_off_a_terminal_the_last_line_is_written_when_the_display_stops() 
     reporter.plan([Sized(2000), Sized(3000)])
     reporter.layer(2)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reporter.show_progress, [Upload(sent=5000 + 1024)])
+        tg.start_soon(reporter.show_progress, [Upload(written=5000 + 1024)])
         await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
     (line,) = stream.getvalue().splitlines()

@@ -68,17 +68,13 @@ class FdSink:
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
+        # bytes out so far, counted by the worker thread as each write or sendfile call
+        # returns (one write runs at a time: one writer); the progress display reads it
+        # a few times a second, so a batch of large files doesn't show as nothing until
+        # it is all out
         self.written = 0
-        self._sending = 0  # bytes of the batch in a worker thread that are out already
         self._sendfile = True
         self._busy = False  # a worker thread is inside a write (set here, cleared there)
-
-    @property
-    def sent(self) -> int:
-        """Bytes out so far, counted as each write or sendfile call returns (``written``
-        counts whole batches): what the progress display reads. The worker thread is the
-        one writer of the count; the loop resets it, once the thread is done."""
-        return self.written + self._sending
 
     @property
     def busy(self) -> bool:
@@ -86,49 +82,43 @@ class FdSink:
         the fd must not be closed (its number could be reused under the stuck write)."""
         return self._busy
 
-    def _run_busy(self, func: Callable[[Batch], int], batch: Batch) -> int:
+    def _run_busy(self, func: Callable[[Batch], None], batch: Batch) -> None:
         try:
             return func(batch)
         finally:
             self._busy = False
 
-    async def _in_thread(self, func: Callable[[Batch], int], batch: Batch) -> int:
+    async def _in_thread(self, func: Callable[[Batch], None], batch: Batch) -> None:
         # abandon_on_cancel: a reader that stops reading blocks os.write (or sendfile) for
         # ever, and cancelling (a signal, a failed hash pass) must not wait for it; one
         # write runs at a time, so _busy needs no lock. A task cancelled already never
         # starts the thread: it must not be left marked busy (a leaked fd, an _exit).
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._busy = True
-        return await anyio.to_thread.run_sync(self._run_busy, func, batch, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(self._run_busy, func, batch, abandon_on_cancel=True)
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:
                 count = os.write(self.fd, view)
-                self._sending += count
+                self.written += count
                 view = view[count:]
         except OSError as exc:
             raise output_error(self.name, exc) from exc
 
     async def write(self, data: bytes) -> None:
-        self.written += await self._in_thread(self._write_batch, [data])
-        self._sending = 0
+        await self._in_thread(self._write_batch, [data])
 
-    def _write_batch(self, batch: Batch) -> int:
-        written = 0
+    def _write_batch(self, batch: Batch) -> None:
         for chunk in batch:
             if isinstance(chunk, bytes):
                 self._write_all(chunk)
-                written += len(chunk)
             else:
                 self._send(chunk)
-                written += chunk.size
-        return written
 
     async def write_batch(self, batch: Batch) -> None:
-        self.written += await self._in_thread(self._write_batch, batch)
-        self._sending = 0
+        await self._in_thread(self._write_batch, batch)
 
     def _send(self, span: FileSpan) -> None:
         fd = open_checked(span.path, span.identity)
@@ -149,7 +139,7 @@ class FdSink:
         if self._sendfile:
             try:
                 sent = os.sendfile(self.fd, fd, offset, count)
-                self._sending += sent
+                self.written += sent
                 return sent
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
