@@ -1,14 +1,15 @@
-"""What a live progress line costs with tqdm and with rich: the measurement behind the choice.
+"""What a live progress line costs drawn by report.py itself (progressline.render, then
+CR and erase-in-line), with tqdm and with rich: the measurement behind the choice.
 
     python -m benchmarks.progress_libs [--refreshes 2000] [--imports 5]
 
 streamimage's display is a task that redraws one line every REFRESH seconds (report.py);
-the pipeline doesn't know it is watched. So a library costs the run its import time plus
-its cost per redraw times the redraws. Both are measured here the way report.py draws:
-the same line (bytes, files, rate, elapsed, current step), written to a pseudo-terminal
-that a thread drains, no thread of the library's own (tqdm: monitor_interval=0; rich:
-auto_refresh=False). Imports are timed in fresh interpreters (median). rich is measured
-when installed (`pip install rich`); it is not a dependency.
+the pipeline doesn't know it is watched. So a way of drawing costs the run its import time
+plus its cost per redraw times the redraws. Each is measured here the way report.py draws:
+a line of the same fields (bytes, files, rate, elapsed, current step), written to a
+pseudo-terminal that a thread drains, no thread of the library's own (tqdm:
+monitor_interval=0; rich: auto_refresh=False). Imports are timed in fresh interpreters
+(median). tqdm and rich are dev dependencies, for this measurement only.
 """
 
 from __future__ import annotations
@@ -53,6 +54,31 @@ def terminal() -> Iterator[TextIO]:
         stream.close()
         os.close(master)
         reader.join(5)
+
+
+def own_redraws(stream: TextIO, count: int) -> list[float]:
+    from streamimage.progressline import Snapshot, render
+    from streamimage.report import CLEAR_LINE
+
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        snapshot = Snapshot(
+            layer=i % 5 + 1,
+            layers=5,
+            done=i * 1_000_000,
+            total=count * 1_000_000,
+            complete=True,
+            files=i * 25,
+            elapsed=i * REFRESH,
+            rate=5_000_000.0,
+            step=f"Creating layer {i % 5 + 1} from paths: [...]",
+        )
+        stream.write(CLEAR_LINE + render(snapshot, 99))
+        stream.flush()
+        times.append(time.perf_counter() - start)
+    stream.write(CLEAR_LINE)
+    return times
 
 
 def tqdm_redraws(stream: TextIO, count: int) -> list[float]:
@@ -136,7 +162,7 @@ def import_seconds(statement: str, runs: int) -> float:
 def measure(
     name: str, redraws: Callable[[TextIO, int], list[float]], args: argparse.Namespace
 ) -> None:
-    module = "tqdm" if name == "tqdm" else "rich.progress"
+    module = {"own": "streamimage.progressline", "tqdm": "tqdm"}.get(name, "rich.progress")
     imported = import_seconds(f"import {module}", args.imports)
     with terminal() as stream:
         per_redraw = statistics.median(redraws(stream, args.refreshes))
@@ -152,13 +178,14 @@ def main() -> None:
     parser.add_argument("--refreshes", type=int, default=2000)
     parser.add_argument("--imports", type=int, default=5)
     args = parser.parse_args()
-    measure("tqdm", tqdm_redraws, args)
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        sys.stdout.write("rich   not installed (pip install rich to measure it)\n")
-        return
-    measure("rich", rich_redraws, args)
+    measure("own", own_redraws, args)
+    for name, redraws in (("tqdm", tqdm_redraws), ("rich", rich_redraws)):
+        try:
+            __import__(name)
+        except ImportError:
+            sys.stdout.write(f"{name:6s} not installed (pip install -e '.[dev]' to measure it)\n")
+            continue
+        measure(name, redraws, args)
 
 
 if __name__ == "__main__":

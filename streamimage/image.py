@@ -13,6 +13,7 @@ the layers it wrote, so they describe exactly the bytes written.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,8 +34,20 @@ from streamimage.spec import Conf
 from streamimage.tarheader import HeaderEncoder
 
 
+class Meter(Protocol):
+    """A count of bytes sent that grows as they go: a sink's, an upload's."""
+
+    @property
+    def written(self) -> int:
+        """Bytes sent so far; read a few times a second, from the event loop."""
+        ...
+
+
 class Progress(Protocol):
-    """Where the reference's lines go, and the count of store entries streamed."""
+    """Where the reference's lines go, and what the progress display counts: the store
+    entries streamed, the layers, the bytes sent. Each call is once per layer or blob,
+    never per chunk: the display reads the counters (``Meter.written``,
+    ``Layer.known_size``) on its own, a few times a second."""
 
     files: int
 
@@ -42,6 +55,26 @@ class Progress(Protocol):
 
     def warn(self, text: str) -> None:
         """Something the user may want to know (shown with -v), never a failure."""
+        ...
+
+    def plan(self, layers: Sequence[Layer]) -> None:
+        """The image's layers, in the order they are written (their sizes are read as
+        they become known): the total is theirs, the documents are not counted."""
+        ...
+
+    def layer(self, number: int) -> None:
+        """Layer ``number`` (1-based, of those planned) is being written."""
+        ...
+
+    def watch(self, meter: Meter) -> None:
+        """Count ``meter.written`` as bytes of layers sent: a destination calls this for
+        each sink or upload it opens (the output file or stdout, given to the display,
+        is counted already)."""
+        ...
+
+    def skip(self, size: int) -> None:
+        """A blob of ``size`` bytes that the destination won't send (it has it already,
+        or the registry does): it leaves the total."""
         ...
 
 
@@ -138,6 +171,7 @@ class Image:
             StreamImageError: any failure (StoreError, ChangedError, CustomisationError...).
         """
         progress = self.build.progress
+        progress.plan(self.layers)
         records: list[LayerRecord] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -147,6 +181,7 @@ class Image:
                 if self.build.base is None:
                     progress.line("No 'fromImage' provided")
                 for number, layer in enumerate(self.layers, start=1):
+                    progress.layer(number)
                     if layer.kind != BASE:
                         progress.line(_announcement(layer, number))
                     records.append(await self._write(layer, writer))

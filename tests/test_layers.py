@@ -12,7 +12,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from streamimage.engine import compress
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import spool_budget
 from streamimage.errors import ChangedError, CustomisationError
-from streamimage.image import Build, Image
+from streamimage.image import Build, Image, Meter
 from streamimage.imagejson import LayerRecord
 from streamimage.layers import BASE, CUSTOMISATION, STORE, Layer
 from streamimage.layers.base import BaseImageLayer, open_base_image
@@ -299,12 +299,26 @@ class Recorder:
 class Lines:
     lines: list[str] = field(default_factory=list)
     files: int = 0
+    planned: list[Layer] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
 
     def line(self, text: str) -> None:
         self.lines.append(text)
 
     def warn(self, text: str) -> None:
         self.lines.append(f"warning: {text}")
+
+    def plan(self, layers: Sequence[Layer]) -> None:
+        self.planned = list(layers)
+
+    def layer(self, number: int) -> None:
+        self.numbers.append(number)
+
+    def watch(self, meter: Meter) -> None:
+        pass
+
+    def skip(self, size: int) -> None:
+        pass
 
 
 @pytest.mark.parametrize("compression", [UNCOMPRESSED, GZIP], ids=str)
@@ -338,6 +352,9 @@ async def test_an_image_writes_base_store_and_customisation_layers_in_order(
         f"<{CUSTOMISATION} written>",
         "Adding manifests...",
     ]
+    # the progress display: told each layer as it starts, every size known once written
+    assert progress.numbers == list(range(1, len(kinds) + 1))
+    assert [layer.known_size() for layer in progress.planned] == [n for _, _, n in recorder.seen]
     assert len(image.timelines) == len(store.layers)
     assert all(t.hash_end <= t.stream_start <= t.stream_end for t in image.timelines)
     config = json.loads(image.config_json(records))

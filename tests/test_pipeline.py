@@ -11,11 +11,13 @@ import errno
 import fcntl
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from streamimage.engine.framing import Chunk, FileSpan
@@ -279,6 +281,48 @@ async def test_fd_sink_on_a_pipe_whose_reader_left_is_an_output_error(
         os.close(write_end)
     assert sink.written == 0
     assert not sink.busy
+
+
+async def test_fd_sink_counts_what_is_written_within_a_batch(
+    files: tuple[list[Chunk], bytes],
+) -> None:
+    # the progress display reads ``written`` a few times a second: a batch of large files
+    # (gigabytes, with a slow reader) must not show as nothing until it is all out
+    chunks, expected = files
+    read_end, write_end = os.pipe()
+    sink = FdSink(write_end, "pipe")
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while data := os.read(read_end, 64 * KIB):
+            received.extend(data)
+            time.sleep(0.002)
+
+    seen: list[int] = []
+    done = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, read_slowly)
+
+            async def write() -> None:
+                try:
+                    await sink.write_batch(chunks)
+                finally:
+                    os.close(write_end)
+                    done.set()
+
+            tg.start_soon(write)
+            with anyio.fail_after(STOP_BOUND):
+                while not done.is_set():
+                    seen.append(sink.written)
+                    await anyio.sleep(0.005)
+    finally:
+        os.close(read_end)
+    assert bytes(received) == expected
+    assert sink.written == len(expected)
+    assert seen == sorted(seen)  # it only grows
+    # while the one batch was being written: counts within it, not only the whole
+    assert any(0 < written < len(expected) for written in seen), seen[-5:]
 
 
 async def test_a_write_cancelled_before_it_starts_leaves_the_sink_free() -> None:

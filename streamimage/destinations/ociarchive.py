@@ -12,7 +12,7 @@ from __future__ import annotations
 from streamimage.destinations.layout import BLOBS, blob_path, write_documents
 from streamimage.destinations.tarball import TarWriter
 from streamimage.engine.pipeline import Sink
-from streamimage.image import Image
+from streamimage.image import Image, Progress
 from streamimage.imagejson import LayerRecord, docker_manifest
 from streamimage.layers import Layer
 
@@ -20,8 +20,9 @@ from streamimage.layers import Layer
 class TarBlobs:
     """Blobs as members of the outer tar; a digest already written is not written again."""
 
-    def __init__(self, tar: TarWriter) -> None:
+    def __init__(self, tar: TarWriter, progress: Progress) -> None:
         self._tar = tar
+        self._progress = progress
         self._written: set[str] = set()
 
     async def add_layer(self, layer: Layer) -> LayerRecord:
@@ -31,6 +32,8 @@ class TarBlobs:
             header = self._tar.header(name, blob.size)
             await self._tar.add_stream(header, blob.size, layer.chunks(), name)
             self._written.add(name)
+        else:
+            self._progress.skip(blob.size)
         return LayerRecord(await layer.diff_id(), name, layer.history, blob)
 
     async def add_file(self, name: str, data: bytes) -> None:
@@ -49,7 +52,7 @@ async def write_oci_archive(image: Image, sink: Sink) -> None:
     tar = TarWriter(sink, image.build.conf.mtime)
     await tar.add_directory("blobs/")
     await tar.add_directory(f"{BLOBS}/")
-    store = TarBlobs(tar)
+    store = TarBlobs(tar, image.build.progress)
     records = await image.write_layers(store)
     config_path = await write_documents(image, records, store)
     members = [r.member for r in records]

@@ -32,7 +32,7 @@ from streamimage.destinations.layout import (
 from streamimage.engine.framing import Chunk
 from streamimage.engine.pipeline import FdSink, output_error, stream_chunks
 from streamimage.errors import ChangedError, OutputError
-from streamimage.image import Image
+from streamimage.image import Image, Progress
 from streamimage.imagejson import ANNOTATION_REF_NAME, Descriptor, LayerRecord, oci_index
 from streamimage.layers import Layer
 
@@ -45,9 +45,10 @@ class DirBlobs:
     there (content-addressed: the same bytes) is kept. ``index.json`` is merged with the
     one already there, under a lock, last (``merge``), or written as it is."""
 
-    def __init__(self, root: str, *, merge: bool = False) -> None:
+    def __init__(self, root: str, progress: Progress, *, merge: bool = False) -> None:
         self.root = root
         self.written = 0  # bytes, for the summary
+        self._progress = progress
         self._merge = merge
         self._names: set[str] = set()
 
@@ -75,6 +76,8 @@ class DirBlobs:
         if name not in self._names and not await anyio.Path(self._path(name)).exists():
             await self._write_blob(name, blob, layer.chunks())
             self.written += blob.size
+        else:
+            self._progress.skip(blob.size)
         self._names.add(name)
         return LayerRecord(await layer.diff_id(), name, layer.history, blob)
 
@@ -83,6 +86,7 @@ class DirBlobs:
         try:
             try:
                 sink = FdSink(fd, self._path(name))
+                self._progress.watch(sink)
                 await stream_chunks(chunks, sink)
             finally:
                 os.close(fd)
@@ -205,13 +209,13 @@ async def write_oci_dir(image: Image, destination: str) -> int:
         one's index.json is as it was (blobs written may stay: nothing names them).
     """
     if await anyio.to_thread.run_sync(_existing_layout, destination):
-        store = DirBlobs(destination, merge=True)
+        store = DirBlobs(destination, image.build.progress, merge=True)
         records = await image.write_layers(store)
         await write_documents(image, records, store)
         return store.written
     root = await anyio.to_thread.run_sync(_make_temporary, destination)
     try:
-        store = DirBlobs(root)
+        store = DirBlobs(root, image.build.progress)
         records = await image.write_layers(store)
         await write_documents(image, records, store)
         try:

@@ -68,6 +68,10 @@ class FdSink:
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
+        # bytes out so far, counted by the worker thread as each write or sendfile call
+        # returns (one write runs at a time: one writer); the progress display reads it
+        # a few times a second, so a batch of large files doesn't show as nothing until
+        # it is all out
         self.written = 0
         self._sendfile = True
         self._busy = False  # a worker thread is inside a write (set here, cleared there)
@@ -78,45 +82,43 @@ class FdSink:
         the fd must not be closed (its number could be reused under the stuck write)."""
         return self._busy
 
-    def _run_busy(self, func: Callable[[Batch], int], batch: Batch) -> int:
+    def _run_busy(self, func: Callable[[Batch], None], batch: Batch) -> None:
         try:
             return func(batch)
         finally:
             self._busy = False
 
-    async def _in_thread(self, func: Callable[[Batch], int], batch: Batch) -> int:
+    async def _in_thread(self, func: Callable[[Batch], None], batch: Batch) -> None:
         # abandon_on_cancel: a reader that stops reading blocks os.write (or sendfile) for
         # ever, and cancelling (a signal, a failed hash pass) must not wait for it; one
         # write runs at a time, so _busy needs no lock. A task cancelled already never
         # starts the thread: it must not be left marked busy (a leaked fd, an _exit).
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._busy = True
-        return await anyio.to_thread.run_sync(self._run_busy, func, batch, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(self._run_busy, func, batch, abandon_on_cancel=True)
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view) :]
+                count = os.write(self.fd, view)
+                self.written += count
+                view = view[count:]
         except OSError as exc:
             raise output_error(self.name, exc) from exc
 
     async def write(self, data: bytes) -> None:
-        self.written += await self._in_thread(self._write_batch, [data])
+        await self._in_thread(self._write_batch, [data])
 
-    def _write_batch(self, batch: Batch) -> int:
-        written = 0
+    def _write_batch(self, batch: Batch) -> None:
         for chunk in batch:
             if isinstance(chunk, bytes):
                 self._write_all(chunk)
-                written += len(chunk)
             else:
                 self._send(chunk)
-                written += chunk.size
-        return written
 
     async def write_batch(self, batch: Batch) -> None:
-        self.written += await self._in_thread(self._write_batch, batch)
+        await self._in_thread(self._write_batch, batch)
 
     def _send(self, span: FileSpan) -> None:
         fd = open_checked(span.path, span.identity)
@@ -136,7 +138,9 @@ class FdSink:
     def _send_some(self, fd: int, offset: int, count: int) -> int:
         if self._sendfile:
             try:
-                return os.sendfile(self.fd, fd, offset, count)
+                sent = os.sendfile(self.fd, fd, offset, count)
+                self.written += sent
+                return sent
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise output_error(self.name, exc) from exc

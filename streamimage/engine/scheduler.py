@@ -312,6 +312,10 @@ class HashPass:
             raise RuntimeError(f"layer {index + 1}: asked for before its hash pass finished")
         return result
 
+    def finished(self, index: int) -> LayerHash | None:
+        """The hash of layer ``index`` if its pass has finished, else None; never waits."""
+        return self._slots[index].result
+
     async def result(self, index: int) -> LayerHash:
         """The hash of layer ``index`` (0-based), once its pass has finished."""
         slot = self._slots[index]

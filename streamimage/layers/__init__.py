@@ -65,6 +65,11 @@ class Layer(ABC):
     def chunks(self) -> Iterator[Chunk]:
         """The layer as stored: bytes, and FileSpans of large files (sent, not read)."""
 
+    def known_size(self) -> int | None:
+        """The size of the layer as stored, if known now without waiting or work (after
+        its hash pass, its compression); None otherwise. The progress display asks."""
+        return None
+
     async def prepare(self) -> None:  # noqa: B027 (most layers have nothing to do ahead)
         """Work the layer can do ahead, while other layers stream (verify a checksum)."""
 

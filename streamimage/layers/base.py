@@ -307,6 +307,9 @@ class BaseImageLayer(Layer):
     async def _describe(self) -> Descriptor:
         return await anyio.to_thread.run_sync(self._image.describe, self._layer)
 
+    def known_size(self) -> int:
+        return self._layer.size  # copied as stored: the member's size
+
     def chunks(self) -> Iterator[Chunk]:
         return self._image.chunks(self._layer)
 

@@ -48,10 +48,16 @@ class CompressedLayer(Layer):
         return await self._inner.diff_id()
 
     async def descriptor(self) -> Descriptor:
-        self._blob = await self._described()
-        return self._blob
+        return await self._described()
+
+    def known_size(self) -> int | None:
+        return None if self._blob is None else self._blob.size
 
     async def _describe(self) -> Descriptor:
+        self._blob = await self._find_descriptor()
+        return self._blob
+
+    async def _find_descriptor(self) -> Descriptor:
         uncompressed = await self._inner.descriptor()
         self._size = uncompressed.size
         known = await self._inner.compressed_descriptor(self._compression)

@@ -163,6 +163,9 @@ class CustomisationLayer(Layer):
     async def descriptor(self) -> Descriptor:
         return Descriptor(MEDIA_TYPE_LAYER, await self._verified(), self._customisation.span.size)
 
+    def known_size(self) -> int:
+        return self._customisation.span.size
+
     def chunks(self) -> Iterator[Chunk]:
         return iter([self._customisation.span])
 

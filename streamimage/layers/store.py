@@ -56,6 +56,10 @@ class StoreLayer(Layer):
         found = await self._hash()
         return Descriptor(MEDIA_TYPE_LAYER, found.diff_id, found.size)
 
+    def known_size(self) -> int | None:
+        found = self._hashes.finished(self._index)
+        return None if found is None else found.size
+
     async def compressed_descriptor(self, compression: Compression) -> Descriptor | None:
         if compression != self._hashes.compression:
             return None
