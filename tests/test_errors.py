@@ -274,6 +274,27 @@ def test_customisation_checksum_not_matching_fails(store: Store) -> None:
     assert_run_failed(run(store), FAILURE, "customisation/checksum", "does not match")
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "empty file"),
+        (b"this is not a tar archive\n" * 100, "is not a tar archive"),
+        (None, "unexpected end of data"),  # a tar cut inside its member
+    ],
+    ids=["empty", "text", "cut"],
+)
+def test_customisation_layer_that_is_not_a_tar_is_refused_though_its_checksum_matches(
+    store: Store, content: bytes | None, said: str
+) -> None:
+    layer = store.root / "customisation" / "layer.tar"
+    if content is None:
+        content = small_tar("etc/motd", b"m" * 3000)[:2000]  # its header, part of its data
+    layer.write_bytes(content)
+    (store.root / "customisation" / "checksum").write_text(hashlib.sha256(content).hexdigest())
+    store.write_conf()
+    assert_run_failed(run(store), FAILURE, "customisation/layer.tar", said)
+
+
 # --- from_image ----------------------------------------------------------------------
 
 
