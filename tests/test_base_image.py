@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import random
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -829,3 +830,9 @@ async def test_a_gzip_base_described_and_copied_is_read_in_one_pass_more_than_op
         assert again <= 1.2 * size
     else:  # each layer again from the start: about ten passes over 20 layers
         assert again >= 5 * size
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "base.tar"
+    os.mkfifo(fifo)  # no writer: opening it to read without O_NONBLOCK would wait for one
+    assert "from_image is not a regular file" in refusal(str(fifo))
