@@ -52,12 +52,12 @@ class _CountingFile(io.FileIO):
 
 class _Check:
     """The running sha256s of one layer's bytes as stored and of its tar, and what they
-    must come to."""
+    must come to: its diff_id, and ``digest`` when the blob's digest is known."""
 
-    def __init__(self, image: BaseImage, layer: BaseLayer, digest: Digest | None) -> None:
-        self._image = image
-        self._layer = layer
-        self._digest = digest  # of the bytes as stored; None: not known yet
+    def __init__(self, where: str, diff_id: Digest, digest: Digest | None) -> None:
+        self._where = where  # "ARCHIVE: layer NAME", for the messages
+        self._diff_id = diff_id
+        self._digest = digest
         self._stored = hashlib.sha256()
         self._tar = hashlib.sha256()
         self._decoder: Decoder | None = None
@@ -66,17 +66,11 @@ class _Check:
         self._stored.update(data)
         if self._decoder is None:
             self._decoder = Decoder(data[:8], self._tar.update)
-        if self._decoder.codec:
-            self._feed(self._decoder.feed, data)
-
-    def _feed(self, step: Callable[[bytes], None], data: bytes) -> None:
-        try:
-            step(data)
-        except ValueError as exc:
-            raise BaseImageError(f"{self._where()}: {exc}") from None
-
-    def _where(self) -> str:
-        return f"{self._image.path}: layer {self._layer.name}"
+        if self._decoder.codec:  # a plain tar's sha256 is the stored bytes' own
+            try:
+                self._decoder.feed(data)
+            except ValueError as exc:
+                raise BaseImageError(f"{self._where}: {exc}") from None
 
     def finish(self) -> Digest:
         """The sha256 of the bytes as stored.
@@ -85,18 +79,20 @@ class _Check:
             BaseImageError: they or their tar are not what the base image says.
         """
         decoder = self._decoder or Decoder(b"", self._tar.update)
-        if decoder.codec:
-            self._feed(lambda _: decoder.finish(), b"")
+        try:
+            decoder.finish()
+        except ValueError as exc:
+            raise BaseImageError(f"{self._where}: {exc}") from None
         stored = Digest(self._stored.hexdigest())
         tar = Digest(self._tar.hexdigest()) if decoder.codec else stored
-        if tar != self._layer.diff_id:
+        if tar != self._diff_id:
             raise BaseImageError(
-                f"{self._where()}: its tar's sha256 is {tar}, not the diff_id "
-                f"{self._layer.diff_id} the image config says (refused)"
+                f"{self._where}: its tar's sha256 is {tar}, not the diff_id "
+                f"{self._diff_id} the image config says (refused)"
             )
         if self._digest is not None and stored != self._digest:
             raise BaseImageError(
-                f"{self._where()}: its sha256 is {stored}, not the digest {self._digest} "
+                f"{self._where}: its sha256 is {stored}, not the digest {self._digest} "
                 "its descriptor says (refused)"
             )
         return stored
@@ -142,15 +138,13 @@ class BaseImage:
         Raises:
             BaseImageError: they are not (after the last chunk).
         """
-        check = _Check(self, layer, digest if digest is not None else self._blob_digest(layer))
+        if digest is None and layer.blob is not None:
+            digest = layer.blob.digest
+        check = _Check(f"{self.path}: layer {layer.name}", layer.diff_id, digest)
         for data in chunks:
             check.update(data)
             yield data
         check.finish()
-
-    @staticmethod
-    def _blob_digest(layer: BaseLayer) -> Digest | None:
-        return layer.blob.digest if layer.blob is not None else None
 
     def chunks(self, layer: BaseLayer) -> Iterator[bytes]:
         """The layer as stored, in reads of READ_SIZE, checked (blocking).
@@ -175,7 +169,7 @@ class BaseImage:
         """
         if layer.blob is not None:
             return layer.blob
-        check = _Check(self, layer, None)
+        check = _Check(f"{self.path}: layer {layer.name}", layer.diff_id, None)
         head = b""
         size = 0
         for data in self.stored(layer, checkpoint):
