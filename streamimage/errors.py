@@ -29,7 +29,11 @@ class StoreError(StreamImageError, OSError):
 
 
 class BaseImageError(StreamImageError, ValueError):
-    """The from_image archive is missing or is not a usable image archive."""
+    """The from_image archive is missing or is not a usable image archive, or a layer of
+    it is not what it says (exit status 2: the conf named a bad input; running again
+    won't help)."""
+
+    exit_status = 2
 
 
 class CustomisationError(StreamImageError, ValueError):

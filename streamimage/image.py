@@ -132,7 +132,10 @@ class Image:
         if options.compression.enabled:  # base layers are copied as they are stored
             built = [CompressedLayer(layer, options.compression) for layer in built]
         base = build.base
-        layers: list[Layer] = [] if base is None else [BaseImageLayer(base, x) for x in base.layers]
+        layers: list[Layer] = []
+        if base is not None:  # a layer described from a gzip base is spooled, unless never
+            spooling = options.spool_max > 0
+            layers = [BaseImageLayer(base, x, options.spool_dir, spooling) for x in base.layers]
         self.layers: tuple[Layer, ...] = (*layers, *built)
 
     @staticmethod

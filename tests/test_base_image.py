@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import random
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from streamimage.errors import BaseImageError
-from streamimage.layers.base import BaseImage, BaseLayer, open_base_image
+from streamimage.layers.base import BaseImage, BaseImageLayer, BaseLayer, open_base_image
 from tests.conftest import sha256_hex
 
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -479,7 +481,7 @@ def test_describe_an_oci_layer_reads_nothing(
     def no_reading(self: BaseImage, layer: BaseLayer) -> Iterator[bytes]:
         raise AssertionError(f"{layer.name} read to describe it")
 
-    monkeypatch.setattr(BaseImage, "chunks", no_reading)
+    monkeypatch.setattr(BaseImage, "stored", no_reading)
     assert image.describe(image.layers[1]).digest.hex == sha256_hex(LAYER_GZ)
 
 
@@ -688,3 +690,149 @@ def test_an_archive_cut_short_is_refused_by_name(archive_path: Path) -> None:
 
 def test_a_device_is_not_read_as_an_archive() -> None:
     assert "not a regular file" in refusal("/dev/zero")
+
+
+def test_a_manifest_whose_layers_hold_a_number_or_null_is_refused(archive_path: Path) -> None:
+    for odd, shown in ((7, "7"), (None, "null")):
+        archive = DockerArchive(layers=(LAYER_1,))
+        manifest = [{"Config": archive.config_name(), "Layers": [odd]}]
+        message = refusal(replace(archive, manifest=manifest).write(archive_path))
+        assert f"manifest.json's Layers holds {shown}, not a member name" in message
+
+
+# --- member names --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/../../evil", "./.."])
+def test_a_member_outside_the_archive_is_refused(archive_path: Path, name: str) -> None:
+    entries = [*DockerArchive().entries(), Entry(name, b"x")]
+    message = refusal(write_tar(archive_path, entries))
+    assert f"member {name!r}: an absolute name or one with '..'" in message
+
+
+@pytest.mark.parametrize("again", ["{}", "./{}"])
+def test_a_member_twice_is_refused(archive_path: Path, again: str) -> None:
+    archive = DockerArchive()
+    layer = archive.layer_names()[0]
+    entries = [*archive.entries(), Entry(again.format(layer), LAYER_2)]
+    message = refusal(write_tar(archive_path, entries))
+    assert f"member {again.format(layer)!r} is in the archive twice" in message
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "repositories", "index.json", "oci-layout"])
+def test_a_layer_named_as_a_member_the_output_writes_is_refused(
+    archive_path: Path, name: str
+) -> None:
+    archive = DockerArchive(layers=(LAYER_1,))
+    manifest = [{"Config": archive.config_name(), "Layers": [name]}]
+    entries = replace(archive, manifest=manifest).entries()
+    if name != "manifest.json":
+        entries.append(Entry(name, LAYER_1))
+    message = refusal(write_tar(archive_path, entries))
+    assert f"layer {name}: the name of a member the image archive writes" in message
+
+
+# --- copying: each layer held to its diff_id (and its blob's digest) ------------------------
+
+
+def test_a_layer_whose_tar_is_not_its_diff_id_is_refused_once_copied(
+    archive_path: Path, opened: list[BaseImage]
+) -> None:
+    wrong = f"sha256:{sha256_hex(LAYER_1)}"
+    path = DockerArchive(diff_ids=[wrong, wrong]).write(archive_path)
+    image = open_image(path, opened)  # opening reads no layer
+    assert layer_bytes(image, image.layers[0]) == LAYER_1
+    copied: list[bytes] = []
+    with pytest.raises(BaseImageError) as caught:
+        copied.extend(image.chunks(image.layers[1]))
+    assert b"".join(copied) == LAYER_2  # refused at its end, every byte read
+    message = str(caught.value)
+    assert message.startswith(f"{path}: layer {image.layers[1].name}: ")
+    assert f"its tar's sha256 is sha256:{sha256_hex(LAYER_2)}, not the diff_id {wrong}" in message
+    with pytest.raises(BaseImageError, match="not the diff_id"):
+        image.describe(image.layers[1])
+
+
+def test_a_gzip_layer_is_held_to_the_sha256_of_its_tar(
+    archive_path: Path, opened: list[BaseImage]
+) -> None:
+    right = DockerArchive(layers=(LAYER_GZ,))
+    image = open_image(right.write(archive_path), opened)
+    assert layer_bytes(image, image.layers[0]) == LAYER_GZ
+    image.close()
+    # the compressed blob's sha256 is not its diff_id
+    wrong = DockerArchive(layers=(LAYER_GZ,), diff_ids=[f"sha256:{sha256_hex(LAYER_GZ)}"])
+    image = open_image(wrong.write(archive_path), opened)
+    with pytest.raises(
+        BaseImageError, match=f"its tar's sha256 is sha256:{sha256_hex(LAYER_GZ_INNER)}"
+    ):
+        layer_bytes(image, image.layers[0])
+
+
+def test_a_layer_cut_inside_its_gzip_stream_is_refused(
+    archive_path: Path, opened: list[BaseImage]
+) -> None:
+    cut = LAYER_GZ[:-12]
+    archive = DockerArchive(layers=(cut,), diff_ids=[f"sha256:{sha256_hex(LAYER_GZ_INNER)}"])
+    image = open_image(archive.write(archive_path), opened)
+    with pytest.raises(BaseImageError) as caught:
+        layer_bytes(image, image.layers[0])
+    assert (
+        str(caught.value) == f"{archive_path}: layer {image.layers[0].name}: gzip stream: cut short"
+    )
+
+
+def test_an_oci_blob_whose_bytes_are_not_its_digest_is_refused(
+    archive_path: Path, opened: list[BaseImage]
+) -> None:
+    archive = OciArchive()
+    # the same tar compressed again with another mtime: the same size, other bytes
+    other = gzip.compress(LAYER_GZ_INNER, mtime=1)
+    assert len(other) == len(LAYER_GZ)
+    assert other != LAYER_GZ
+    blob = f"blobs/sha256/{sha256_hex(LAYER_GZ)}"
+    entries = [replace(e, data=other) if e.name == blob else e for e in archive.entries()]
+    image = open_image(write_tar(archive_path, entries), opened)
+    with pytest.raises(BaseImageError) as caught:
+        layer_bytes(image, image.layers[1])
+    assert str(caught.value) == (
+        f"{archive_path}: layer {blob}: its sha256 is sha256:{sha256_hex(other)}, "
+        f"not the digest sha256:{sha256_hex(LAYER_GZ)} its descriptor says (refused)"
+    )
+
+
+def gzip_base(path: Path, layers: Sequence[bytes]) -> int:
+    """A gzip docker-archive of ``layers`` at ``path``; returns its size."""
+    DockerArchive(layers=layers).write(path, compress=True)
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("spool", [True, False], ids=["spooled", "read-twice"])
+async def test_a_gzip_base_described_and_copied_is_read_in_one_pass_more_than_open(
+    archive_path: Path, opened: list[BaseImage], spool: bool
+) -> None:
+    # issue 14, bug 5: each layer read back from the start of the gzip stream to be copied
+    rng = random.Random(20)
+    layers = [layer_tar(("data", rng.randbytes(32 * 1024))) for _ in range(20)]
+    size = gzip_base(archive_path, layers)
+    image = open_image(str(archive_path), opened)
+    assert image.compressed
+    opening = image.bytes_read
+    assert opening >= size  # tarfile found the members: one pass
+    for data, base_layer in zip(layers, image.layers, strict=True):
+        layer = BaseImageLayer(image, base_layer, str(archive_path.parent), spool)
+        descriptor = await layer.descriptor()
+        assert (descriptor.digest.hex, descriptor.size) == (sha256_hex(data), len(data))
+        assert b"".join(bytes(c) for c in layer.chunks()) == data  # type: ignore[arg-type]
+        layer.release()
+    again = image.bytes_read - opening
+    if spool:  # one more pass: back to the first layer, then on to the last
+        assert again <= 1.2 * size
+    else:  # each layer again from the start: about ten passes over 20 layers
+        assert again >= 5 * size
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "base.tar"
+    os.mkfifo(fifo)  # no writer: opening it to read without O_NONBLOCK would wait for one
+    assert "from_image is not a regular file" in refusal(str(fifo))

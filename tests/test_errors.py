@@ -6,6 +6,8 @@ Each case runs the real command in a subprocess on a small fixture store it brea
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -118,7 +120,7 @@ def test_conf_from_image_empty_is_a_usage_error(store: Store) -> None:
 
 def test_from_image_that_is_a_device_is_refused_not_read_for_ever(store: Store) -> None:
     store.write_conf(store.with_(from_image="/dev/zero"))
-    assert_run_failed(run(store, timeout=20), 1, "/dev/zero", "not a regular file")
+    assert_run_failed(run(store, timeout=20), USAGE, "/dev/zero", "not a regular file")
 
 
 def test_conf_not_an_object_is_a_usage_error(store: Store) -> None:
@@ -272,6 +274,27 @@ def test_customisation_checksum_not_matching_fails(store: Store) -> None:
     assert_run_failed(run(store), FAILURE, "customisation/checksum", "does not match")
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "empty file"),
+        (b"this is not a tar archive\n" * 100, "is not a tar archive"),
+        (None, "unexpected end of data"),  # a tar cut inside its member
+    ],
+    ids=["empty", "text", "cut"],
+)
+def test_customisation_layer_that_is_not_a_tar_is_refused_though_its_checksum_matches(
+    store: Store, content: bytes | None, said: str
+) -> None:
+    layer = store.root / "customisation" / "layer.tar"
+    if content is None:
+        content = small_tar("etc/motd", b"m" * 3000)[:2000]  # its header, part of its data
+    layer.write_bytes(content)
+    (store.root / "customisation" / "checksum").write_text(hashlib.sha256(content).hexdigest())
+    store.write_conf()
+    assert_run_failed(run(store), FAILURE, "customisation/layer.tar", said)
+
+
 # --- from_image ----------------------------------------------------------------------
 
 
@@ -317,7 +340,118 @@ def test_from_image_unusable_names_the_archive(
     elif members is not None:
         write_tar(base, members)
     store.write_conf(store.with_(from_image="base.tar"))
-    assert_run_failed(run(store), FAILURE, "base.tar", said)
+    assert_run_failed(run(store), USAGE, "base.tar", said)
+
+
+def base_archive(
+    path: Path,
+    layers: list[bytes],
+    *,
+    diff_ids: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    names: list[Any] | None = None,
+) -> list[str]:
+    """A docker-archive of ``layers`` (each a tar) at ``path``; returns their member names."""
+    names = names or [f"{i}/layer.tar" for i in range(len(layers))]
+    if diff_ids is None:
+        diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
+    image = {"config": config or {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    manifest = [{"Config": "config.json", "Layers": names, "RepoTags": ["base:1"]}]
+    members = {"config.json": json.dumps(image).encode()}
+    members |= {
+        name: layer for name, layer in zip(names, layers, strict=True) if isinstance(name, str)
+    }
+    write_tar(path, members | {"manifest.json": json.dumps(manifest).encode()})
+    return names
+
+
+def small_tar(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+LAYER_A = small_tar("etc/a", b"a" * 3000)
+LAYER_B = small_tar("etc/b", b"b" * 5000)
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("layers-number", "manifest.json's Layers holds 7, not a member name"),
+        ("layers-null", "manifest.json's Layers holds null, not a member name"),
+        ("env-numbers", "config.json's config.Env is not a list of strings"),
+        ("cut-in-a-member", "from_image is cut short or damaged"),
+        ("cut-in-a-gzip-member", "from_image is cut short or damaged"),
+        ("dot-dot", "member '../escape': an absolute name or one with '..'"),
+        ("absolute", "member '/etc/passwd': an absolute name or one with '..'"),
+        ("twice", "member '0/layer.tar' is in the archive twice"),
+        ("manifest-layer", "layer manifest.json: the name of a member the image archive writes"),
+    ],
+)
+def test_from_image_malformed_is_a_usage_error(store: Store, case: str, said: str) -> None:
+    base = store.root / "base.tar"
+    if case in ("layers-number", "layers-null"):
+        base_archive(
+            base, [LAYER_A, b""], names=["0/layer.tar", 7 if case == "layers-number" else None]
+        )
+    elif case == "env-numbers":
+        base_archive(base, [LAYER_A], config={"Env": [1, 2]})
+    elif case.startswith("cut"):
+        base_archive(base, [LAYER_A, LAYER_B])
+        whole = base.read_bytes()
+        cut = whole[: whole.index(b"b" * 5000) + 100]  # inside the second layer's member
+        base.write_bytes(gzip.compress(cut) if "gzip" in case else cut)
+    elif case in ("dot-dot", "absolute", "twice"):
+        base_archive(base, [LAYER_A])
+        extra = {"dot-dot": "../escape", "absolute": "/etc/passwd", "twice": "0/layer.tar"}[case]
+        with tarfile.open(base, "a") as tar:
+            info = tarfile.TarInfo(extra)
+            info.size = len(LAYER_B)
+            tar.addfile(info, io.BytesIO(LAYER_B))
+    else:
+        base_archive(base, [LAYER_A], names=["manifest.json"])
+    store.write_conf(store.with_(from_image="base.tar"))
+    assert_run_failed(run(store), USAGE, "base.tar", said)
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci", "oci-dir"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_from_image_layer_not_its_diff_id_fails_and_leaves_no_image(
+    store: Store, fmt: str, compressed: bool
+) -> None:
+    base = store.root / "base.tar"
+    wrong = f"sha256:{hashlib.sha256(LAYER_A).hexdigest()}"
+    base_archive(base, [LAYER_A, LAYER_B], diff_ids=[wrong, wrong])
+    if compressed:
+        base.write_bytes(gzip.compress(base.read_bytes()))
+    store.write_conf(store.with_(from_image="base.tar"))
+    out = store.root / "out"
+    out.mkdir()
+    args = ["--format", fmt, *(["-o", "out/image"] if fmt != "docker" else [])]
+    result = run(store, *args)
+    line = assert_run_failed(result, USAGE, "base.tar: layer 1/layer.tar:", "not the diff_id")
+    assert f"sha256:{hashlib.sha256(LAYER_B).hexdigest()}" in line
+    assert list(out.iterdir()) == []  # no image, no temporary
+    if fmt == "docker":  # streamed: the first base layer went out, then nothing loadable
+        assert member_names(result.stdout)[:1] == ["0/layer.tar"]
+
+
+def test_from_image_layer_named_as_a_later_layer_is_refused(store: Store) -> None:
+    """A base layer named as the reference names a store layer, ``<diff_id>/layer.tar``,
+    but holding another tar: two layers in one member."""
+    store.write_conf()
+    with tarfile.open(fileobj=io.BytesIO(run(store).stdout)) as image:
+        manifest = image.extractfile("manifest.json")
+        assert manifest is not None
+        first = json.load(manifest)[0]["Layers"][0]  # the first store layer's member
+    base = store.root / "base.tar"
+    base_archive(base, [LAYER_A], names=[first])
+    store.write_conf(store.with_(from_image="base.tar"))
+    assert_run_failed(run(store), USAGE, first, "a base layer's member name", "another diff_id")
 
 
 # --- -o FILE -------------------------------------------------------------------------

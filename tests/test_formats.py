@@ -326,6 +326,28 @@ def test_base_image_may_be_an_oci_archive_or_a_dual_archive(
         assert image.manifest["layers"][:base_count] == base.manifest["layers"]
 
 
+@pytest.mark.parametrize("out_format", ["oci", "oci-dir"])
+def test_an_oci_image_over_a_gzip_base_is_the_same_spooled_or_read_twice(
+    fixture_store: FixtureStore, tool_cmd: list[str], tmp_path: Path, out_format: str
+) -> None:
+    # a layer of a gzip base is read once to be described and, copied, from its spool;
+    # with --spool-max 0 it is read again from the archive: the same image either way
+    images: list[dict[str, bytes]] = []
+    for number, spool in enumerate(([], ["--spool-max", "0"])):
+        layout = tmp_path / f"layout{number}"
+        args = [
+            "--format",
+            out_format,
+            *spool,
+            *(["-o", str(layout)] if out_format == "oci-dir" else []),
+        ]
+        out = build(fixture_store, tool_cmd, "from-image-gz", args)
+        images.append(read_dir(layout) if out_format == "oci-dir" else tar_members(out))
+    assert images[0] == images[1]
+    image = OciImage.of(images[0])
+    _check_oci_image(image, compressed=False)
+
+
 @pytest.mark.parametrize("limit", [0, 5000, 200_000])
 async def test_gzip_stream_into_a_failing_sink_raises_output_error(
     fixture_store: FixtureStore, monkeypatch: pytest.MonkeyPatch, limit: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from streamimage.destinations.tarball import TarWriter
 from streamimage.engine.pipeline import Sink
+from streamimage.errors import BaseImageError
 from streamimage.image import Image
 from streamimage.imagejson import (
     MEDIA_TYPE_LAYER_GZIP,
@@ -31,6 +32,7 @@ class DockerLayers:
 
     def __init__(self, tar: TarWriter) -> None:
         self._tar = tar
+        self._written: dict[str, Digest] = {}  # member name -> the diff_id written there
 
     async def add_layer(self, layer: Layer) -> LayerRecord:
         # the reference writes a repeated layer again: no check for one already written
@@ -42,6 +44,14 @@ class DockerLayers:
             header, size = self._tar.header(name, blob.size), blob.size
         else:
             name, header, size = member.name, member.header, member.size
+        there = self._written.setdefault(name, diff_id)
+        if there != diff_id:
+            # a base layer keeps its own member name: one that a later layer's name is
+            # would leave two layers in one place (the same layer twice is the reference's)
+            raise BaseImageError(
+                f"{name}: a base layer's member name, also the name of a layer with another "
+                f"diff_id ({there}, then {diff_id}) (refused)"
+            )
         await self._tar.add_stream(header, size, layer.chunks(), name)
         return LayerRecord(diff_id, name, layer.history)
 

@@ -1,9 +1,11 @@
 """The customisation layer: a pre-built ``layer.tar`` and the ``checksum`` file beside it.
 
-IO: reads the checksum file, stats layer.tar, and hashes it to verify the checksum (ASYNC
-as a Layer: the verification runs in a worker thread, ahead, beside the other layers).
+IO: reads the checksum file, stats layer.tar, reads its tar headers when it is opened,
+and hashes it to verify the checksum (ASYNC as a Layer: the verification runs in a worker
+thread, ahead, beside the other layers).
 Rule: the checksum is proved before the image is finished; a checksum that doesn't match
-layer.tar is a CustomisationError, never a layer with a wrong diff_id.
+layer.tar, or a layer.tar that is not a tar archive, is a CustomisationError, never a layer
+with a wrong diff_id or one no client can unpack.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import os
 import pwd
 import stat
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -95,11 +98,25 @@ def _group(gid: int) -> str:
         return ""
 
 
+def _check_tar(layer_path: str, real: str) -> None:
+    """Raises: CustomisationError: layer.tar is not a (plain) tar archive: its headers,
+    read one by one to the end, are not tar headers or end inside a member."""
+    try:
+        with tarfile.open(real, "r:") as tar:
+            while tar.next() is not None:
+                vars(tar)["members"].clear()  # each header checked, none kept (tarfile keeps all)
+    except (tarfile.TarError, EOFError) as exc:
+        raise CustomisationError(f"{layer_path}: is not a tar archive: {exc}") from None
+    except OSError as exc:
+        raise CustomisationError(f"{layer_path}: cannot read: {exc.strerror or exc}") from None
+
+
 def open_customisation(directory: str) -> Customisation:
     """Read the checksum file and stat layer.tar (blocking).
 
     Raises:
-        CustomisationError: either is missing, or the checksum is malformed.
+        CustomisationError: either is missing, the checksum is malformed, or layer.tar
+        is not a tar archive.
     """
     checksum_path = os.path.join(directory, "checksum")
     layer_path = os.path.join(directory, "layer.tar")
@@ -125,6 +142,7 @@ def open_customisation(directory: str) -> Customisation:
         raise CustomisationError(f"{layer_path}: cannot stat: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise CustomisationError(f"{layer_path}: is not a regular file")
+    _check_tar(layer_path, real)
     identity = FileIdentity.of(st)
     return Customisation(
         directory=directory,
