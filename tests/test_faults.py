@@ -276,6 +276,37 @@ def test_reader_gone_early_exits_promptly(big_store: Store) -> None:
     print(f"exited {took:.3f} s after the reader left")  # noqa: T201 (shown with -s)
 
 
+@pytest.mark.parametrize("hash_in", HASH_IN)
+def test_non_blocking_stdout_read_slowly_gets_the_whole_image(store: Store, hash_in: str) -> None:
+    # O_NONBLOCK on stdout's open file, as some CI runners and Node parents leave it: a
+    # write into a full pipe fails with EAGAIN (after 1 MiB, the pipe's size) unless the
+    # tool waits for room. Large files (sendfile) and small ones (write) alike.
+    lib = store.root / store.layers[0][0] / "lib"
+    (lib / "large.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    for index in range(FILLER_FILES):
+        (lib / f"small-{index}.bin").write_bytes(os.urandom(8 * 1024))
+    store.write_conf()
+    normal = run(store, "--hash-in", hash_in)
+    assert normal.returncode == 0, normal.stderr.decode()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        proc = popen(store, "--hash-in", hash_in, stdout=write_end)
+    finally:
+        os.close(write_end)
+    received = bytearray()
+    with proc, open(read_end, "rb", buffering=0) as reader:
+        assert proc.stderr is not None
+        while data := reader.read(4096):  # small reads, a pause each: the pipe stays full
+            received += data
+            time.sleep(0.0005)
+        status = proc.wait(STOP_BOUND)
+        stderr = proc.stderr.read().decode()
+    assert status == 0, stderr
+    assert len(received) > 4 * 1024 * 1024  # far more than the pipe holds
+    assert bytes(received) == normal.stdout
+
+
 def test_full_disk_is_one_line_enospc(store: Store) -> None:
     store.write_conf()
     with open("/dev/full", "wb") as full:

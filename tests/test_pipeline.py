@@ -11,11 +11,13 @@ import errno
 import fcntl
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from streamimage.engine.framing import Chunk, FileSpan
@@ -279,6 +281,49 @@ async def test_fd_sink_on_a_pipe_whose_reader_left_is_an_output_error(
         os.close(write_end)
     assert sink.written == 0
     assert not sink.busy
+
+
+def refuse_sendfile(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """sendfile fails as it does where it can't write to this output (EINVAL on Linux for
+    an O_APPEND file; ENOTSOCK on macOS for anything but a socket)."""
+
+    def refused(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "sendfile", refused)
+
+
+@pytest.mark.parametrize("send", [True, False], ids=["sendfile", "read-write"])
+async def test_fd_sink_waits_for_a_non_blocking_pipe_to_take_more(
+    files: tuple[list[Chunk], bytes], send: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # O_NONBLOCK, as a CI runner or a Node parent may leave stdout: every write and every
+    # sendfile that finds the pipe full fails with EAGAIN; the sink waits for room instead,
+    # and leaves the flag alone (the parent shares it).
+    if not send:
+        refuse_sendfile(monkeypatch, errno.EINVAL)
+    chunks, expected = files
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while data := os.read(read_end, 64 * KIB):
+            received.extend(data)
+            time.sleep(0.001)  # slower than the sink: the pipe is full most of the time
+
+    try:
+        with anyio.fail_after(STOP_BOUND):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, read_slowly)
+                try:
+                    await stream_chunks(iter(chunks), FdSink(write_end, "stdout"))
+                    assert not os.get_blocking(write_end)
+                finally:
+                    os.close(write_end)
+    finally:
+        os.close(read_end)
+    assert bytes(received) == expected
 
 
 async def test_a_write_cancelled_before_it_starts_leaves_the_sink_free() -> None:

@@ -11,6 +11,9 @@ fd, and to exit without joining).
 Rule 2: memory is bounded: a batch carries at most BATCH_BYTES (+ one chunk) of headers
 and small files, at most STREAM_BUFFER batches wait between producer and consumer; large
 files are never in memory (the sink sends them with sendfile).
+Rule 3: an output inherited non-blocking (as some CI runners and Node parents leave stdout)
+is waited on until writable, never set blocking (the flag is the open file's, shared with
+the parent).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import stat
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -37,6 +41,7 @@ STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
 BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch carries
 BATCH_SPANS = 256  # large files one batch names (their content is not in memory)
 SEND_SIZE = 8 * 1024 * 1024  # bytes per sendfile call: the cancellation check interval
+WRITABLE_WAIT = 200  # ms: a wait for a non-blocking output to take more checks cancellation
 
 
 Batch = list[Chunk]
@@ -97,9 +102,20 @@ class FdSink:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view) :]
+                try:
+                    view = view[os.write(self.fd, view) :]
+                except BlockingIOError:
+                    self._wait_writable()
         except OSError as exc:
             raise output_error(self.name, exc) from exc
+
+    def _wait_writable(self) -> None:
+        """Until a non-blocking output has room (or its reader is gone: the next write
+        says so), checking for cancellation in between."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        while not poller.poll(WRITABLE_WAIT):
+            check_cancelled()
 
     async def write(self, data: bytes) -> None:
         self.written += await self._in_thread(self._write_batch, [data])
@@ -134,9 +150,11 @@ class FdSink:
             os.close(fd)
 
     def _send_some(self, fd: int, offset: int, count: int) -> int:
-        if self._sendfile:
+        while self._sendfile:
             try:
                 return os.sendfile(self.fd, fd, offset, count)
+            except BlockingIOError:
+                self._wait_writable()
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise output_error(self.name, exc) from exc
