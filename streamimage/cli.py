@@ -26,7 +26,7 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.destinations.output import check_output_file, open_output
-from streamimage.engine.pipeline import STDOUT, FdSink
+from streamimage.engine.pipeline import STDOUT, FdSink, watch_reader
 from streamimage.engine.walk import check_under
 from streamimage.engine.workers import STOP_SIGNALS, cpu_workers
 from streamimage.errors import ConfError, StreamImageError, UsageError
@@ -210,7 +210,10 @@ async def run(
             else:
                 write = write_oci_archive if options.format == FORMAT_OCI else write_docker_archive
                 with open_output(output, opened) as sink:
-                    await write(image, sink)
+                    async with anyio.create_task_group() as writing:
+                        writing.start_soon(watch_reader, sink)
+                        await write(image, sink)
+                        writing.cancel_scope.cancel()
                 written = sink.written
             tg.cancel_scope.cancel()
         reporter.done(len(image.layers), written, image.timelines)

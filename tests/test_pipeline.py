@@ -11,6 +11,7 @@ import errno
 import fcntl
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +26,14 @@ from streamimage.engine.pipeline import (
     BATCH_BYTES,
     BATCH_SPANS,
     PIPE_SIZE,
+    READER_POLL,
     STREAM_BUFFER,
     Batch,
     FdSink,
     grow_pipe,
     output_error,
     stream_chunks,
+    watch_reader,
 )
 from streamimage.engine.walk import FileIdentity
 from streamimage.errors import OutputError, StoreError
@@ -391,5 +394,47 @@ def test_grow_pipe_leaves_other_files_alone(tmp_path: Path) -> None:
         grow_pipe(fd)
         assert os.pread(fd, 100, 0) == b"unchanged"
         assert os.fstat(fd).st_size == len(b"unchanged")
+    finally:
+        os.close(fd)
+
+
+# --- watch_reader -----------------------------------------------------------------------
+
+
+async def test_watch_reader_raises_as_soon_as_a_pipe_s_reader_is_gone() -> None:
+    read_end, write_end = os.pipe()
+    closed = False
+    try:
+        sink = FdSink(write_end, "stdout")
+        with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(OutputError) as caught:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_reader, sink)
+                await anyio.sleep(3 * READER_POLL)  # a reader there: nothing to say
+                os.close(read_end)
+                closed = True
+                await anyio.sleep_forever()
+    finally:
+        os.close(write_end)
+        if not closed:
+            os.close(read_end)
+    assert closed, "raised while the reader was there"
+    # the words a write would have said (EPIPE), no write made
+    assert str(caught.value.exceptions[0]) == str(output_error("stdout", BrokenPipeError()))
+    assert sink.written == 0
+
+
+async def test_watch_reader_raises_when_a_socket_s_peer_is_gone() -> None:
+    ours, theirs = socket.socketpair()
+    with ours:
+        theirs.close()
+        with anyio.fail_after(STOP_BOUND), pytest.raises(OutputError, match="reader went away"):
+            await watch_reader(FdSink(ours.fileno(), "stdout"))
+
+
+async def test_watch_reader_has_nothing_to_watch_on_a_file(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with anyio.fail_after(STOP_BOUND):
+            await watch_reader(FdSink(fd, "out"))  # returns: a file has no reader to lose
     finally:
         os.close(fd)

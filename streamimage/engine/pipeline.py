@@ -13,7 +13,7 @@ and small files, at most STREAM_BUFFER batches wait between producer and consume
 files are never in memory (the sink sends them with sendfile).
 Rule 3: an output inherited non-blocking (as some CI runners and Node parents leave stdout)
 is waited on until writable, never set blocking (the flag is the open file's, shared with
-the parent).
+the parent); a reader gone before anything is written is noticed (``watch_reader``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch car
 BATCH_SPANS = 256  # large files one batch names (their content is not in memory)
 SEND_SIZE = 8 * 1024 * 1024  # bytes per sendfile call: the cancellation check interval
 WRITABLE_WAIT = 200  # ms: a wait for a non-blocking output to take more checks cancellation
+READER_POLL = 0.2  # seconds between checks that a pipe's or socket's reader is still there
+READER_GONE = select.POLLERR | select.POLLHUP  # a pipe without readers; a socket shut down
 
 
 Batch = list[Chunk]
@@ -162,6 +164,27 @@ class FdSink:
         data = os.pread(fd, count, offset)
         self._write_all(data)
         return len(data)
+
+
+async def watch_reader(sink: FdSink) -> None:
+    """Until cancelled, or until the reader of ``sink`` (a pipe or a socket) is gone: then
+    raise the OutputError a write would have raised. The first write may be far away
+    (after the first layer's hash pass, 38 s for 12 GB): a reader that left at once, as
+    ``| head -c0`` or a failed ``docker load`` does, stops the run now. Other outputs
+    (files, devices) have no reader to lose: it returns.
+
+    Raises:
+        OutputError: the reader went away (POLLERR on a pipe, POLLHUP on a socket).
+    """
+    mode = os.fstat(sink.fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return
+    poller = select.poll()
+    poller.register(sink.fd, 0)  # POLLERR and POLLHUP are reported whatever is asked
+    while True:
+        if any(events & READER_GONE for _, events in poller.poll(0)):
+            raise output_error(sink.name, BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)))
+        await anyio.sleep(READER_POLL)
 
 
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:
