@@ -34,8 +34,12 @@ from anyio.from_thread import check_cancelled
 from streamimage.engine.framing import Chunk, FileSpan, check_unchanged, open_checked
 from streamimage.errors import ChangedError, OutputError
 
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl numbers
-F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+# Linux only: elsewhere a pipe keeps its size (1031 and 1032 mean other things, or nothing)
+F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
+F_GETPIPE_SZ: int | None = getattr(fcntl, "F_GETPIPE_SZ", None)
+# sendfile refusing an output: EINVAL (Linux: an O_APPEND file), ENOTSOCK (macOS: anything
+# but a socket), ENOSYS, EOPNOTSUPP; then read + write
+SENDFILE_REFUSED = (errno.EINVAL, errno.ENOTSOCK, errno.ENOSYS, errno.EOPNOTSUPP)
 STDOUT = 1
 STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
 BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch carries
@@ -76,7 +80,7 @@ class FdSink:
         self.fd = fd
         self.name = name
         self.written = 0
-        self._sendfile = True
+        self._sendfile = hasattr(os, "sendfile")
         self._busy = False  # a worker thread is inside a write (set here, cleared there)
 
     @property
@@ -158,7 +162,7 @@ class FdSink:
             except BlockingIOError:
                 self._wait_writable()
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                if exc.errno not in SENDFILE_REFUSED:
                     raise output_error(self.name, exc) from exc
                 self._sendfile = False  # e.g. an O_APPEND file: fall back to read + write
         data = os.pread(fd, count, offset)
@@ -238,7 +242,9 @@ def grow_pipe(fd: int) -> None:
     """Give a pipe on ``fd`` a 1 MiB buffer (the default is 64 KiB): stdout, so that one
     write of a batch is one wake-up of the reader (`docker load`, `gzip`); a split pass's
     records, so that its helper rarely waits for its head. Best effort: not a pipe, an
-    older kernel or a lower limit leave it as it is."""
+    older kernel, a lower limit or a system without pipe resizing leave it as it is."""
+    if F_GETPIPE_SZ is None or F_SETPIPE_SZ is None:
+        return
     try:
         if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, F_GETPIPE_SZ) < PIPE_SIZE:
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
