@@ -26,9 +26,9 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.destinations.output import check_output_file, open_output
-from streamimage.engine.pipeline import STDOUT, FdSink
+from streamimage.engine.pipeline import STDOUT, FdSink, watch_reader
 from streamimage.engine.walk import check_under
-from streamimage.engine.workers import STOP_SIGNALS, cpu_workers
+from streamimage.engine.workers import FORK, STOP_SIGNALS, cpu_workers
 from streamimage.errors import ConfError, StreamImageError, UsageError
 from streamimage.image import Build, Image
 from streamimage.layers.base import open_base_image
@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hash-in",
         choices=["process", "thread"],
-        default="process",
-        help="run hash passes in worker processes (default) or threads of this one",
+        default="process" if FORK is not None else "thread",
+        help="run hash passes in worker processes (default where fork is safe) or threads "
+        "of this one (default elsewhere, e.g. macOS)",
     )
     parser.add_argument(
         "--spool-dir",
@@ -210,7 +211,10 @@ async def run(
             else:
                 write = write_oci_archive if options.format == FORMAT_OCI else write_docker_archive
                 with open_output(output, opened) as sink:
-                    await write(image, sink)
+                    async with anyio.create_task_group() as writing:
+                        writing.start_soon(watch_reader, sink)
+                        await write(image, sink)
+                        writing.cancel_scope.cancel()
                 written = sink.written
             tg.cancel_scope.cancel()
         reporter.done(len(image.layers), written, image.timelines)
@@ -262,6 +266,11 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
                 )
             if args.jobs < 1:
                 raise UsageError(f"--jobs must be at least 1, not {args.jobs}")
+            if args.hash_in == "process" and FORK is None:
+                raise UsageError(
+                    "--hash-in process: worker processes need fork, which this system lacks "
+                    "or makes unsafe (macOS): use --hash-in thread"
+                )
             compression = parse_compression(args.compress)
             if compression.codec == ZSTD and args.format == FORMAT_DOCKER:
                 raise UsageError(

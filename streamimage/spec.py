@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from streamimage.errors import ConfError
+from streamimage.errors import ConfError, UsageError
+from streamimage.imageref import normal_repo_tag
 
 NOW = "now"
 
@@ -110,6 +111,22 @@ def _distinct(layer: list[str], where: str, notes: list[str]) -> tuple[str, ...]
     return tuple(kept.values())
 
 
+def _repo_tag(conf: dict[str, Any], where: str, given: str | None, notes: list[str]) -> str:
+    """The image's name:tag: ``-t``'s (``given``) or else the conf's, checked."""
+    # The reference writes either into RepoTags as it is, where docker load and podman
+    # load refuse what isn't a reference (`a b:1`, `Name:1`) after the whole stream.
+    origin = f"-t {given!r}" if given is not None else f"{where}: repo_tag {conf.get('repo_tag')!r}"
+    value = given if given is not None else _string(conf, "repo_tag", where)
+    try:
+        normal = normal_repo_tag(value)
+    except ValueError as exc:
+        error = UsageError if given is not None else ConfError
+        raise error(f"{origin}: not a valid image reference: {exc}") from None
+    if normal != value:
+        notes.append(f"{origin} has no tag: named {normal!r}, as docker reads it")
+    return normal
+
+
 def parse_conf(
     conf: object, where: str, repo_tag: str | None = None, now: datetime | None = None
 ) -> Conf:
@@ -120,6 +137,7 @@ def parse_conf(
 
     Raises:
         ConfError: a key is missing, of the wrong type, or its value is malformed.
+        UsageError: ``repo_tag`` is not a valid image reference.
     """
     if not isinstance(conf, dict):
         raise ConfError(f"{where}: the conf must be a JSON object, not {_kind(conf)}")
@@ -160,8 +178,7 @@ def parse_conf(
     if from_image == "":
         raise ConfError(f"{where}: from_image must be a path or null, not an empty string")
 
-    if repo_tag is None:
-        repo_tag = _string(conf, "repo_tag", where)
+    repo_tag = _repo_tag(conf, where, repo_tag, notes)
 
     return Conf(
         architecture=_string(conf, "architecture", where),

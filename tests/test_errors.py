@@ -165,6 +165,16 @@ def test_conf_id_that_is_not_a_number_names_the_key(store: Store, key: str, valu
     assert_run_failed(run(store), USAGE, storegen.CONF_NAME, key, "non-negative number")
 
 
+@pytest.mark.parametrize("value", ["a b:1", "Hello:1", "hello:", "hello:1:2", "hello:a/b"])
+def test_repo_tag_that_is_not_an_image_reference_is_a_usage_error(store: Store, value: str) -> None:
+    store.write_conf(store.with_(repo_tag=value))
+    line = assert_run_failed(run(store), USAGE, storegen.CONF_NAME, f"repo_tag {value!r}")
+    assert "not a valid image reference" in line
+    store.write_conf()
+    line = assert_run_failed(run(store, "-t", value), USAGE, f"-t {value!r}")
+    assert storegen.CONF_NAME not in line, "the value came from -t, not the conf"
+
+
 def test_bad_jobs_option_is_a_usage_error(store: Store) -> None:
     assert_run_failed(run(store, "--jobs", "0"), USAGE, "--jobs")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import signal
 import subprocess
 import tarfile
@@ -277,6 +278,100 @@ def test_reader_gone_early_exits_promptly(big_store: Store) -> None:
         assert group_members(proc.pid) == [], "a hash worker or the tool outlived the run"
         assert_failed(status, head, proc.stderr.read(), 1, "stdout", "reader went away")
     print(f"exited {took:.3f} s after the reader left")  # noqa: T201 (shown with -s)
+
+
+@pytest.fixture
+def big_first_layer_store(store: Store) -> Store:
+    """Layer 1 holds a 2 GiB sparse file: its hash pass, before the first byte out, takes
+    seconds."""
+    with (store.root / store.layers[0][0] / "first.bin").open("wb") as file:
+        file.truncate(2 * 1024**3)
+    store.write_conf()
+    return store
+
+
+def children_cpu() -> float:
+    """CPU seconds of the children waited for so far, and of their children they waited for
+    (the tool reaps its hash workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def first_byte_after(store: Store, *args: str) -> tuple[float, float]:
+    """Seconds from starting the tool to the first byte of its image (then it is stopped
+    by closing the pipe), and the CPU seconds the run took."""
+    cpu = children_cpu()
+    started = time.monotonic()
+    with popen(store, *args) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.read(1), "no image"
+        took = time.monotonic() - started
+        proc.stdout.close()
+        proc.wait(STOP_BOUND)
+    return took, children_cpu() - cpu
+
+
+@pytest.mark.parametrize("hash_in", HASH_IN)
+def test_reader_gone_before_the_first_byte_exits_promptly(
+    big_first_layer_store: Store, hash_in: str
+) -> None:
+    # Compared with a normal run of the same store, not with a bound in seconds: until its
+    # first byte, a run hashes layer 1 (all of it); a run whose reader is gone must stop
+    # hashing at once. The CPU time says so even when other work slows the machine down.
+    # The run whose reader is gone goes first: reading the new sparse file first costs
+    # the most (the page cache fills), so the cache can only make it look slower.
+    store = big_first_layer_store
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| true`: the reader is gone before the tool starts
+    cpu = children_cpu()
+    try:
+        started = time.monotonic()
+        proc = popen(store, "--hash-in", hash_in, stdout=write_end)
+    finally:
+        os.close(write_end)
+    with proc:
+        assert proc.stderr is not None
+        status = proc.wait(STOP_BOUND * 6)
+        took, took_cpu = time.monotonic() - started, children_cpu() - cpu
+        assert group_members(proc.pid) == [], "a hash worker or the tool outlived the run"
+        assert_failed(status, b"", proc.stderr.read(), 1, "stdout", "reader went away")
+    first_byte, first_byte_cpu = first_byte_after(store, "--hash-in", hash_in)
+    said = f"exited after {took:.2f} s, {took_cpu:.2f} s of CPU; a normal run's first byte: "
+    said += f"{first_byte:.2f} s, {first_byte_cpu:.2f} s of CPU"
+    assert took_cpu < first_byte_cpu / 2, said
+    assert took < first_byte / 2, said
+    print(said)  # noqa: T201
+
+
+@pytest.mark.parametrize("hash_in", HASH_IN)
+def test_non_blocking_stdout_read_slowly_gets_the_whole_image(store: Store, hash_in: str) -> None:
+    # O_NONBLOCK on stdout's open file, as some CI runners and Node parents leave it: a
+    # write into a full pipe fails with EAGAIN (after 1 MiB, the pipe's size) unless the
+    # tool waits for room. Large files (sendfile) and small ones (write) alike.
+    lib = store.root / store.layers[0][0] / "lib"
+    (lib / "large.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    for index in range(FILLER_FILES):
+        (lib / f"small-{index}.bin").write_bytes(os.urandom(8 * 1024))
+    store.write_conf()
+    normal = run(store, "--hash-in", hash_in)
+    assert normal.returncode == 0, normal.stderr.decode()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        proc = popen(store, "--hash-in", hash_in, stdout=write_end)
+    finally:
+        os.close(write_end)
+    received = bytearray()
+    with proc, open(read_end, "rb", buffering=0) as reader:
+        assert proc.stderr is not None
+        while data := reader.read(4096):  # small reads, a pause each: the pipe stays full
+            received += data
+            time.sleep(0.0005)
+        status = proc.wait(STOP_BOUND)
+        stderr = proc.stderr.read().decode()
+    assert status == 0, stderr
+    assert len(received) > 4 * 1024 * 1024  # far more than the pipe holds
+    assert bytes(received) == normal.stdout
 
 
 def test_full_disk_is_one_line_enospc(store: Store) -> None:

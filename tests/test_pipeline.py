@@ -11,6 +11,7 @@ import errno
 import fcntl
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +26,14 @@ from streamimage.engine.pipeline import (
     BATCH_BYTES,
     BATCH_SPANS,
     PIPE_SIZE,
+    READER_POLL,
     STREAM_BUFFER,
     Batch,
     FdSink,
     grow_pipe,
     output_error,
     stream_chunks,
+    watch_reader,
 )
 from streamimage.engine.walk import FileIdentity
 from streamimage.errors import OutputError, StoreError
@@ -325,6 +328,49 @@ async def test_fd_sink_counts_what_is_written_within_a_batch(
     assert any(0 < written < len(expected) for written in seen), seen[-5:]
 
 
+def refuse_sendfile(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """sendfile fails as it does where it can't write to this output (EINVAL on Linux for
+    an O_APPEND file; ENOTSOCK on macOS for anything but a socket)."""
+
+    def refused(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "sendfile", refused)
+
+
+@pytest.mark.parametrize("send", [True, False], ids=["sendfile", "read-write"])
+async def test_fd_sink_waits_for_a_non_blocking_pipe_to_take_more(
+    files: tuple[list[Chunk], bytes], send: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # O_NONBLOCK, as a CI runner or a Node parent may leave stdout: every write and every
+    # sendfile that finds the pipe full fails with EAGAIN; the sink waits for room instead,
+    # and leaves the flag alone (the parent shares it).
+    if not send:
+        refuse_sendfile(monkeypatch, errno.EINVAL)
+    chunks, expected = files
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while data := os.read(read_end, 64 * KIB):
+            received.extend(data)
+            time.sleep(0.001)  # slower than the sink: the pipe is full most of the time
+
+    try:
+        with anyio.fail_after(STOP_BOUND):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, read_slowly)
+                try:
+                    await stream_chunks(iter(chunks), FdSink(write_end, "stdout"))
+                    assert not os.get_blocking(write_end)
+                finally:
+                    os.close(write_end)
+    finally:
+        os.close(read_end)
+    assert bytes(received) == expected
+
+
 async def test_a_write_cancelled_before_it_starts_leaves_the_sink_free() -> None:
     # busy means "a thread may still be inside a write": then the fd is never closed and
     # the process exits without joining; a write that never started must not say so.
@@ -390,5 +436,47 @@ def test_grow_pipe_leaves_other_files_alone(tmp_path: Path) -> None:
         grow_pipe(fd)
         assert os.pread(fd, 100, 0) == b"unchanged"
         assert os.fstat(fd).st_size == len(b"unchanged")
+    finally:
+        os.close(fd)
+
+
+# --- watch_reader -----------------------------------------------------------------------
+
+
+async def test_watch_reader_raises_as_soon_as_a_pipe_s_reader_is_gone() -> None:
+    read_end, write_end = os.pipe()
+    closed = False
+    try:
+        sink = FdSink(write_end, "stdout")
+        with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(OutputError) as caught:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_reader, sink)
+                await anyio.sleep(3 * READER_POLL)  # a reader there: nothing to say
+                os.close(read_end)
+                closed = True
+                await anyio.sleep_forever()
+    finally:
+        os.close(write_end)
+        if not closed:
+            os.close(read_end)
+    assert closed, "raised while the reader was there"
+    # the words a write would have said (EPIPE), no write made
+    assert str(caught.value.exceptions[0]) == str(output_error("stdout", BrokenPipeError()))
+    assert sink.written == 0
+
+
+async def test_watch_reader_raises_when_a_socket_s_peer_is_gone() -> None:
+    ours, theirs = socket.socketpair()
+    with ours:
+        theirs.close()
+        with anyio.fail_after(STOP_BOUND), pytest.raises(OutputError, match="reader went away"):
+            await watch_reader(FdSink(ours.fileno(), "stdout"))
+
+
+async def test_watch_reader_has_nothing_to_watch_on_a_file(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with anyio.fail_after(STOP_BOUND):
+            await watch_reader(FdSink(fd, "out"))  # returns: a file has no reader to lose
     finally:
         os.close(fd)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from streamimage.errors import ConfError
+from streamimage.errors import ConfError, UsageError
 from streamimage.spec import parse_conf
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=UTC)
@@ -108,6 +109,33 @@ def test_repo_tag_from_the_command_line_wins_and_may_stand_in_for_a_missing_one(
     document = conf()
     del document["repo_tag"]
     assert parse_conf(document, "c.json", repo_tag="y:1", now=NOW).repo_tag == "y:1"
+
+
+@pytest.mark.parametrize("value", ["a b:1", "Name:1", "name:", "name:-x", "", "r@sha256:00"])
+def test_a_repo_tag_that_is_not_a_reference_is_refused_naming_the_conf_key(value: str) -> None:
+    with pytest.raises(ConfError, match=f"^c.json: repo_tag {re.escape(repr(value))}: not a valid"):
+        parse_conf(conf(repo_tag=value), "c.json", now=NOW)
+
+
+@pytest.mark.parametrize("value", ["a b:1", "Name:1", "name:", "name:-x", "r@sha256:00"])
+def test_a_repo_tag_from_the_command_line_that_is_not_a_reference_names_t(value: str) -> None:
+    with pytest.raises(UsageError, match=f"^-t {re.escape(repr(value))}: not a valid") as caught:
+        parse_conf(conf(), "c.json", repo_tag=value, now=NOW)
+    assert not isinstance(caught.value, ConfError), "-t is the command line, not the conf"
+
+
+def test_a_bad_conf_repo_tag_does_not_matter_when_t_replaces_it() -> None:
+    # the reference never reads the conf's repo_tag when -t is given
+    assert parse_conf(conf(repo_tag="a b"), "c.json", repo_tag="y:1", now=NOW).repo_tag == "y:1"
+
+
+@pytest.mark.parametrize("given", [None, "hello"])
+def test_a_repo_tag_without_a_tag_is_named_latest_with_a_note(given: str | None) -> None:
+    parsed = parse_conf(conf(repo_tag="hello"), "c.json", repo_tag=given, now=NOW)
+    assert parsed.repo_tag == "hello:latest"
+    assert len(parsed.notes) == 1
+    assert "'hello' has no tag" in parsed.notes[0]
+    assert ("-t" in parsed.notes[0]) == (given is not None)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,9 @@ fd, and to exit without joining).
 Rule 2: memory is bounded: a batch carries at most BATCH_BYTES (+ one chunk) of headers
 and small files, at most STREAM_BUFFER batches wait between producer and consumer; large
 files are never in memory (the sink sends them with sendfile).
+Rule 3: an output inherited non-blocking (as some CI runners and Node parents leave stdout)
+is waited on until writable, never set blocking (the flag is the open file's, shared with
+the parent); a reader gone before anything is written is noticed (``watch_reader``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import stat
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -30,13 +34,20 @@ from anyio.from_thread import check_cancelled
 from streamimage.engine.framing import Chunk, FileSpan, check_unchanged, open_checked
 from streamimage.errors import ChangedError, OutputError
 
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux fcntl numbers
-F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+# Linux only: elsewhere a pipe keeps its size (1031 and 1032 mean other things, or nothing)
+F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
+F_GETPIPE_SZ: int | None = getattr(fcntl, "F_GETPIPE_SZ", None)
+# sendfile refusing an output: EINVAL (Linux: an O_APPEND file), ENOTSOCK (macOS: anything
+# but a socket), ENOSYS, EOPNOTSUPP; then read + write
+SENDFILE_REFUSED = (errno.EINVAL, errno.ENOTSOCK, errno.ENOSYS, errno.EOPNOTSUPP)
 STDOUT = 1
 STREAM_BUFFER = 2  # batches in flight between a producer and its consumer
 BATCH_BYTES = 1024 * 1024  # bytes of headers and small files that one batch carries
 BATCH_SPANS = 256  # large files one batch names (their content is not in memory)
 SEND_SIZE = 8 * 1024 * 1024  # bytes per sendfile call: the cancellation check interval
+WRITABLE_WAIT = 200  # ms: a wait for a non-blocking output to take more checks cancellation
+READER_POLL = 0.2  # seconds between checks that a pipe's or socket's reader is still there
+READER_GONE = select.POLLERR | select.POLLHUP  # a pipe without readers; a socket shut down
 
 
 Batch = list[Chunk]
@@ -73,7 +84,7 @@ class FdSink:
         # a few times a second, so a batch of large files doesn't show as nothing until
         # it is all out
         self.written = 0
-        self._sendfile = True
+        self._sendfile = hasattr(os, "sendfile")
         self._busy = False  # a worker thread is inside a write (set here, cleared there)
 
     @property
@@ -101,11 +112,23 @@ class FdSink:
         view = memoryview(data)
         try:
             while view:
-                count = os.write(self.fd, view)
+                try:
+                    count = os.write(self.fd, view)
+                except BlockingIOError:
+                    self._wait_writable()
+                    continue
                 self.written += count
                 view = view[count:]
         except OSError as exc:
             raise output_error(self.name, exc) from exc
+
+    def _wait_writable(self) -> None:
+        """Until a non-blocking output has room (or its reader is gone: the next write
+        says so), checking for cancellation in between."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        while not poller.poll(WRITABLE_WAIT):
+            check_cancelled()
 
     async def write(self, data: bytes) -> None:
         await self._in_thread(self._write_batch, [data])
@@ -136,18 +159,41 @@ class FdSink:
             os.close(fd)
 
     def _send_some(self, fd: int, offset: int, count: int) -> int:
-        if self._sendfile:
+        while self._sendfile:
             try:
                 sent = os.sendfile(self.fd, fd, offset, count)
                 self.written += sent
                 return sent
+            except BlockingIOError:
+                self._wait_writable()
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                if exc.errno not in SENDFILE_REFUSED:
                     raise output_error(self.name, exc) from exc
                 self._sendfile = False  # e.g. an O_APPEND file: fall back to read + write
         data = os.pread(fd, count, offset)
         self._write_all(data)
         return len(data)
+
+
+async def watch_reader(sink: FdSink) -> None:
+    """Until cancelled, or until the reader of ``sink`` (a pipe or a socket) is gone: then
+    raise the OutputError a write would have raised. The first write may be far away
+    (after the first layer's hash pass, 38 s for 12 GB): a reader that left at once, as
+    ``| head -c0`` or a failed ``docker load`` does, stops the run now. Other outputs
+    (files, devices) have no reader to lose: it returns.
+
+    Raises:
+        OutputError: the reader went away (POLLERR on a pipe, POLLHUP on a socket).
+    """
+    mode = os.fstat(sink.fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return
+    poller = select.poll()
+    poller.register(sink.fd, 0)  # POLLERR and POLLHUP are reported whatever is asked
+    while True:
+        if any(events & READER_GONE for _, events in poller.poll(0)):
+            raise output_error(sink.name, BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)))
+        await anyio.sleep(READER_POLL)
 
 
 def _next_batch(chunks: Iterator[Chunk]) -> Batch:
@@ -201,7 +247,9 @@ def grow_pipe(fd: int) -> None:
     """Give a pipe on ``fd`` a 1 MiB buffer (the default is 64 KiB): stdout, so that one
     write of a batch is one wake-up of the reader (`docker load`, `gzip`); a split pass's
     records, so that its helper rarely waits for its head. Best effort: not a pipe, an
-    older kernel or a lower limit leave it as it is."""
+    older kernel, a lower limit or a system without pipe resizing leave it as it is."""
+    if F_GETPIPE_SZ is None or F_SETPIPE_SZ is None:
+        return
     try:
         if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, F_GETPIPE_SZ) < PIPE_SIZE:
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)

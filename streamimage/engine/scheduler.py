@@ -32,7 +32,7 @@ from streamimage.engine.pipeline import grow_pipe
 from streamimage.engine.spool import SpoolBudget, SpooledPart, SpoolFile, spool_part
 from streamimage.engine.timeline import Timeline
 from streamimage.engine.walk import LayerPart, split_walk
-from streamimage.engine.workers import FORK, run_in_child
+from streamimage.engine.workers import SHARED, run_in_child
 from streamimage.options import Compression
 from streamimage.tarheader import HeaderEncoder
 
@@ -235,7 +235,7 @@ class HashPass:
             split.prepared.set()  # the helper is not needed
             await self._hash_whole(index)
         else:
-            receive, split.records = FORK.Pipe(duplex=False)
+            receive, split.records = SHARED.Pipe(duplex=False)
             grow_pipe(split.records.fileno())
             split.helper = helper
             first, split.rest = LayerPart.halves(self._layers[index], at, place)

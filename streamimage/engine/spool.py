@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 
 from streamimage.engine.framing import Chunk, FileSpan, Witness, layer_chunks
 from streamimage.engine.walk import Entry, LayerPart, walk_store_path
-from streamimage.engine.workers import FORK
+from streamimage.engine.workers import SHARED
 from streamimage.errors import ChangedError
 from streamimage.tarheader import HeaderEncoder
 
@@ -277,7 +277,7 @@ class SpoolBudget:
     def __init__(self, directory: str, total: int, counters: int) -> None:
         self.directory = directory
         self.total = total
-        self._counts = FORK.Array("q", counters, lock=False)
+        self._counts = SHARED.Array("q", counters, lock=False)
 
     def used(self) -> int:
         """Bytes in all spools now."""
@@ -308,10 +308,26 @@ class SpoolBudget:
 
 
 def _unlinked_file(directory: str) -> int:
-    # O_TMPFILE where the file system has it: never a name, so nothing is ever left behind
-    file = tempfile.TemporaryFile(dir=directory, buffering=0)  # noqa: SIM115 (fd kept)
-    fd = os.dup(file.fileno())
-    file.close()
+    """A new file in ``directory`` with no name.
+
+    Raises:
+        OSError: it can't be created.
+    """
+    # O_TMPFILE (Linux) where the file system has it: never a name, nothing ever left
+    # behind; elsewhere (macOS, BSDs, file systems without it) a name unlinked at once.
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            return os.open(directory, os.O_RDWR | os.O_CLOEXEC | tmpfile, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    fd, name = tempfile.mkstemp(prefix=".streamimage-spool.", dir=directory)
+    try:
+        os.unlink(name)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 

@@ -3,7 +3,8 @@
 ASYNC (the parent waits in a worker thread); the child runs plain blocking code.
 Rule: a child is owned by the task that forked it: killed when that task is cancelled,
 always reaped, so no worker outlives the run; a child that dies without an answer is a
-ChildError, never a hang.
+ChildError, never a hang. Where fork is missing or unsafe (FORK is None), there are no
+worker processes: hash passes run in threads (``--hash-in thread``, then the default).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext, ForkContext
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -23,7 +26,21 @@ from streamimage.errors import ChildError
 
 T = TypeVar("T")
 
-FORK = multiprocessing.get_context("fork")
+
+def fork_context() -> ForkContext | None:
+    """The fork start method, or None where it is missing, or unsafe: on macOS a forked
+    child of a threaded process may crash in system libraries (CPython's default start
+    method there is spawn since 3.8). Spawn would need every argument pickled and the
+    spool's open files passed anew: threads stand in instead."""
+    if sys.platform == "darwin" or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
+FORK = fork_context()
+# Shared memory and pipes between hash passes: fork's, so that workers inherit them; a
+# thread's way where there are no workers.
+SHARED: BaseContext = FORK if FORK is not None else multiprocessing.get_context()
 
 # The signals whose default is to end a process, and that a user or a supervisor sends to
 # stop a run: the command line turns each into a clean stop (one line, its spool and
@@ -67,8 +84,11 @@ async def run_in_child(func: Callable[..., T], *args: Any) -> T:
     is not inside this event loop. Cancelling kills the child; it is always reaped.
 
     Raises:
-        whatever ``func`` raised; ChildError if the child died without an answer.
+        whatever ``func`` raised; ChildError if the child died without an answer, or if
+        there is no fork (FORK is None: hash in threads instead).
     """
+    if FORK is None:
+        raise ChildError("no worker processes here: fork is missing or unsafe; hash in threads")
     receive, send = FORK.Pipe(duplex=False)
     child = FORK.Process(target=_child, args=(send, func, args), daemon=True)
     try:
@@ -92,5 +112,12 @@ async def run_in_child(func: Callable[..., T], *args: Any) -> T:
 
 
 def cpu_workers() -> int:
-    """How many hash passes may run at once: one per CPU this process may use."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """How many hash passes may run at once: one per CPU this process may use (its
+    affinity mask where the platform has one, as os.process_cpu_count of Python 3.13;
+    else every CPU)."""
+    process_cpu_count: Callable[[], int | None] | None = getattr(os, "process_cpu_count", None)
+    if process_cpu_count is not None:
+        return max(1, process_cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):  # Linux, some BSDs; not macOS
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
