@@ -46,3 +46,11 @@ class OutputError(StreamImageError, OSError):
 
 class ChildError(StreamImageError, RuntimeError):
     """A worker process died without an answer."""
+
+
+class ImageReferenceError(UsageError, ValueError):
+    """A ``docker://`` image reference (``-o``, ``--mount-from``) that is not one."""
+
+
+class RegistryError(StreamImageError, RuntimeError):
+    """The registry refused a request, or could not be reached (after the retries)."""
