@@ -1,0 +1,213 @@
+"""The registry destination: an image pushed over the OCI distribution API, as
+go-containerregistry's ``remote.Write`` does it.
+
+ASYNC; the layers come from image.Image, the registry is remote.client's.
+Rule 1: every blob is asked for first (HEAD) and sent only if missing: mounted from
+``--mount-from``'s repository when the registry has it there, else uploaded, streamed,
+UPLOADS_AT_ONCE at a time; a layer the registry has is never read.
+Rule 2: the manifest is put last, after every blob it names (and the config) is in
+place, so a push that fails, or is stopped, never tags a partial image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+from anyio.from_thread import check_cancelled
+
+from streamimage.engine.framing import Chunk, read_pieces
+from streamimage.errors import ChangedError, RegistryError
+from streamimage.image import Image
+from streamimage.imagejson import (
+    MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_MANIFEST,
+    Descriptor,
+    Digest,
+    LayerRecord,
+    docker_distribution_manifest,
+    oci_manifest,
+)
+from streamimage.layers import Layer
+from streamimage.remote.client import RegistryClient
+
+# Uploads at once: one upload waits on round trips (POST, PATCH's answer, PUT) and on its
+# layer's reads; a few keep a link to a remote registry busy meanwhile (docker pushes 5
+# at once, GGCR 4). Each holds one block in memory; more would only compete with the
+# hash passes (-j) for the CPUs and keep more spools open.
+UPLOADS_AT_ONCE = 3
+BLOCK = 1024 * 1024  # bytes of a body handed to the connection at once
+
+PRESENT = "present"
+MOUNTED = "mounted"
+UPLOADED = "uploaded"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOutcome:
+    """What the push did with one blob: ``action`` PRESENT (skipped), MOUNTED or UPLOADED
+    (``size`` bytes in ``seconds``)."""
+
+    what: str  # "layer 3", "config"
+    digest: Digest
+    size: int
+    action: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A push done: the manifest's digest, where, and each blob's outcome in order."""
+
+    reference: str
+    manifest_digest: Digest
+    blobs: list[BlobOutcome]
+
+    @property
+    def uploaded(self) -> int:
+        """Bytes uploaded."""
+        return sum(b.size for b in self.blobs if b.action == UPLOADED)
+
+
+def _blocks(chunks: Iterator[Chunk]) -> Generator[bytes, None, None]:
+    """A layer's chunks as blocks of about BLOCK bytes: a registry gets bytes, so large
+    files' FileSpans are read here (checked as the file sink checks them), not sent."""
+    held: list[bytes] = []
+    size = 0
+    try:
+        for chunk in chunks:
+            pieces = [chunk] if isinstance(chunk, bytes) else read_pieces(chunk, check_cancelled)
+            for piece in pieces:
+                held.append(bytes(piece))  # a FileSpan's piece is a view of a reused buffer
+                size += len(piece)
+                if size >= BLOCK:
+                    yield b"".join(held)
+                    held, size = [], 0
+        if held:
+            yield b"".join(held)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class RegistryBlobs:
+    """A LayerWriter into a registry repository: each layer's blob made present there."""
+
+    def __init__(
+        self, client: RegistryClient, mount_from: str | None, layers: Sequence[Layer]
+    ) -> None:
+        self._client = client
+        self._mount_from = mount_from
+        self._numbers = {id(layer): number for number, layer in enumerate(layers, start=1)}
+        self._done: dict[Digest, BlobOutcome] = {}
+        self._outcomes: dict[int, BlobOutcome] = {}  # by layer number; the config: 0
+        self.written = 0  # bytes uploaded so far (the progress line reads it)
+
+    @property
+    def outcomes(self) -> list[BlobOutcome]:
+        """Each layer's outcome in the image's order, then the config's."""
+        return [self._outcomes[n] for n in sorted(self._outcomes, key=lambda n: n or 1 << 30)]
+
+    async def add_layer(self, layer: Layer) -> LayerRecord:
+        number = self._numbers[id(layer)]
+        blob = await layer.descriptor()
+        outcome = self._done.get(blob.digest)
+        if outcome is None:
+            outcome = await self.ensure(blob, layer.chunks, f"layer {number}")
+        self._outcomes[number] = outcome
+        return LayerRecord(await layer.diff_id(), str(blob.digest), layer.history, blob)
+
+    async def add_config(self, blob: Descriptor, data: bytes) -> None:
+        """The image config's blob, after the layers'."""
+
+        def chunks() -> Iterator[Chunk]:
+            yield data
+
+        self._outcomes[0] = await self.ensure(blob, chunks, "config")
+
+    async def ensure(
+        self, blob: Descriptor, chunks: Callable[[], Iterator[Chunk]], what: str
+    ) -> BlobOutcome:
+        """Make ``blob`` present in the repository: HEAD, then a mount, then an upload of
+        what ``chunks()`` gives.
+
+        Raises:
+            RegistryError: the registry refused or went away.
+            ChangedError: the layer's bytes are not the ones described.
+        """
+        digest = str(blob.digest)
+        label = f"{what} {digest}"
+        if await self._client.has_blob(digest, label):
+            outcome = BlobOutcome(what, blob.digest, blob.size, PRESENT)
+        elif self._mount_from is not None and await self._client.mount(
+            digest, self._mount_from, label
+        ):
+            outcome = BlobOutcome(what, blob.digest, blob.size, MOUNTED)
+        else:
+            started = time.monotonic()
+            await self._client.upload(digest, blob.size, self._body(blob, chunks, what), label)
+            seconds = time.monotonic() - started
+            outcome = BlobOutcome(what, blob.digest, blob.size, UPLOADED, seconds)
+        self._done[blob.digest] = outcome
+        return outcome
+
+    def _body(
+        self, blob: Descriptor, chunks: Callable[[], Iterator[Chunk]], what: str
+    ) -> Callable[[], AsyncGenerator[bytes, None]]:
+        """The factory of the upload's body: each attempt reads the blob anew."""
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            blocks = _blocks(chunks())
+            sent = 0
+            try:
+                while block := await anyio.to_thread.run_sync(next, blocks, b""):
+                    sent += len(block)
+                    if sent > blob.size:
+                        break
+                    self.written += len(block)
+                    yield block
+            finally:
+                await anyio.to_thread.run_sync(blocks.close)
+            if sent != blob.size:
+                raise ChangedError(f"{what}: {blob.size} bytes hashed but {sent} read to send")
+
+        return body
+
+
+async def push_image(
+    image: Image, client: RegistryClient, blobs: RegistryBlobs, docker: bool
+) -> Pushed:
+    """Push ``image`` to ``client``'s repository: layers, config, then the manifest (a
+    Docker v2 schema 2 one if ``docker``, else OCI) under the reference's tag or digest.
+
+    Raises:
+        StreamImageError: any failure; the manifest is then not put, nothing is tagged.
+    """
+    reference = client.reference
+    await client.ping()
+    records = await image.write_layers(blobs, at_once=UPLOADS_AT_ONCE)
+    config_json = image.config_json(records)
+    config = Descriptor.of(MEDIA_TYPE_DOCKER_CONFIG if docker else MEDIA_TYPE_CONFIG, config_json)
+    layers = [record.blob for record in records if record.blob is not None]
+    await blobs.add_config(config, config_json)
+    if docker:
+        try:
+            manifest = docker_distribution_manifest(config, layers)
+        except ValueError as exc:
+            raise RegistryError(f"{client.name}: {exc}") from None
+        media_type = MEDIA_TYPE_DOCKER_MANIFEST
+    else:
+        manifest, media_type = oci_manifest(config, layers), MEDIA_TYPE_MANIFEST
+    digest = Digest.of(manifest)
+    if reference.digest is not None and reference.digest != str(digest):
+        raise RegistryError(
+            f"{reference}: the image's manifest is {digest}, not the digest asked for"
+        )
+    await client.put_manifest(media_type, manifest, reference.manifest_reference)
+    return Pushed(str(reference), digest, blobs.outcomes)
