@@ -105,7 +105,8 @@ class RegistryBlobs:
         self._client = client
         self._mount_from = mount_from
         self._numbers = {id(layer): number for number, layer in enumerate(layers, start=1)}
-        self._done: dict[Digest, BlobOutcome] = {}
+        self._done: set[Digest] = set()
+        self._locks: dict[Digest, anyio.Lock] = {}
         self._outcomes: dict[int, BlobOutcome] = {}  # by layer number; the config: 0
         self.written = 0  # bytes uploaded so far (the progress line reads it)
 
@@ -117,9 +118,13 @@ class RegistryBlobs:
     async def add_layer(self, layer: Layer) -> LayerRecord:
         number = self._numbers[id(layer)]
         blob = await layer.descriptor()
-        outcome = self._done.get(blob.digest)
-        if outcome is None:
-            outcome = await self.ensure(blob, layer.chunks, f"layer {number}")
+        what = f"layer {number}"
+        # a layer repeated in the image (uploads run at once): sent once, then present
+        async with self._locks.setdefault(blob.digest, anyio.Lock()):
+            if blob.digest in self._done:
+                outcome = BlobOutcome(what, blob.digest, blob.size, PRESENT)
+            else:
+                outcome = await self.ensure(blob, layer.chunks, what)
         self._outcomes[number] = outcome
         return LayerRecord(await layer.diff_id(), str(blob.digest), layer.history, blob)
 
@@ -154,7 +159,7 @@ class RegistryBlobs:
             await self._client.upload(digest, blob.size, self._body(blob, chunks, what), label)
             seconds = time.monotonic() - started
             outcome = BlobOutcome(what, blob.digest, blob.size, UPLOADED, seconds)
-        self._done[blob.digest] = outcome
+        self._done.add(blob.digest)
         return outcome
 
     def _body(
