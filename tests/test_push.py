@@ -15,11 +15,11 @@ import hashlib
 import io
 import json
 import sys
-import urllib.error
-import urllib.request
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,8 @@ def tags(server: RegistryServer, repository: str) -> list[str]:
             found: list[str] = json.load(response).get("tags") or []
             return found
     except urllib.error.HTTPError as exc:
-        assert exc.code == 404, exc
+        if exc.code != 404:  # NAME_UNKNOWN: a repository never tagged
+            raise
         return []
 
 
@@ -155,7 +156,8 @@ def test_a_pushed_image_reads_back_with_the_archives_layers(
     gzip_layers = [layer["mediaType"].endswith("gzip") for layer in manifest["layers"]]
     if compress == "gzip":
         # the base image's layers are copied as they are stored (uncompressed here)
-        assert gzip_layers[-1] and sum(gzip_layers) >= 2
+        assert gzip_layers[-1]
+        assert sum(gzip_layers) >= 2
     else:
         assert not any(gzip_layers)
     # the layers skopeo pulled (each checked against its digest) are the archive's
@@ -222,7 +224,8 @@ def test_a_repush_of_an_unchanged_image_uploads_no_blob(
     again = server.requests()[first:]
     assert blob_uploads(again) == []
     heads = [r for r in again if r.method == "HEAD"]
-    assert heads and all(r.status == 200 for r in heads)
+    assert heads
+    assert all(r.status == 200 for r in heads)
     assert len(manifest_puts(again)) == 1
     assert "0 mounted, 0 uploaded (0 bytes)" in result.stderr
     assert result.stderr.count(" present\n") == len(heads)
@@ -299,7 +302,8 @@ def test_a_mount_source_without_the_blob_falls_back_to_an_upload(
     pushed(push(root, reference, "--mount-from", "push/nothing-here"))
     requests = server.requests()
     mounts = [r for r in requests if r.method == "POST" and "mount=" in r.uri]
-    assert mounts and all(r.status == 202 for r in mounts)
+    assert mounts
+    assert all(r.status == 202 for r in mounts)
     assert len([r for r in requests if r.method == "PATCH"]) == len(mounts)
     assert tags(server, "push/fresh") == ["one"]
 
