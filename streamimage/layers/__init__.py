@@ -63,7 +63,8 @@ class Layer(ABC):
 
     @abstractmethod
     def chunks(self) -> Iterator[Chunk]:
-        """The layer as stored: bytes, and FileSpans of large files (sent, not read)."""
+        """The layer as stored: bytes, and FileSpans of large files (sent, not read).
+        Each call gives the whole layer again (a registry upload retried from its start)."""
 
     async def prepare(self) -> None:  # noqa: B027 (most layers have nothing to do ahead)
         """Work the layer can do ahead, while other layers stream (verify a checksum)."""
