@@ -112,6 +112,7 @@ class RegistryClient:
         tls_verify: bool = True,
         retry: Retry = Retry(),
         timeout: httpx.Timeout = TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
     ) -> None:
         self.reference = reference
         self.name = f"{reference.registry}/{reference.repository}"  # for messages
@@ -124,6 +125,7 @@ class RegistryClient:
             timeout=timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,  # a HEAD or PUT is answered by the registry itself
+            transport=transport,
         )
 
     async def __aenter__(self) -> RegistryClient:
