@@ -393,3 +393,52 @@ def test_a_plain_http_registry_needs_tls_verify_false(
     assert result.returncode == 1
     assert "cannot reach the registry" in result.stderr
     assert server.requests() == []  # nothing was sent in plain HTTP
+
+
+def _tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA of the test's own (trustme) and a certificate for 127.0.0.1 it signed:
+    (the registry's certificate chain, its key, the CA's certificate)."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    chain, key, ca_file = directory / "chain.pem", directory / "key.pem", directory / "ca.pem"
+    for pem in issued.cert_chain_pems:
+        pem.write_to_path(str(chain), append=True)
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return chain, key, ca_file
+
+
+def test_https_is_verified_against_the_system_trust_store(
+    tmp_path: Path, fixture_store: FixtureStore
+) -> None:
+    chain, key, ca_file = _tls(tmp_path)
+    root = fixture_store.get("basic").root
+    with registry(tmp_path, tls=(chain, key)) as server:
+        reference = f"docker://{server.host}/{REPO}:tls"
+        args = ["-o", reference]
+        cmd, conf = storegen.tool_cmd(), storegen.CONF_NAME
+        # the CA trusted (OpenSSL reads SSL_CERT_FILE as the system's store): pushed
+        trusted = storegen.run_tool(
+            cmd, conf, cwd=root, args=args, env={"SSL_CERT_FILE": str(ca_file)}
+        )
+        pushed(trusted)
+        # not trusted: one line, at once (a certificate is not worth retrying)
+        untrusted = storegen.run_tool(cmd, conf, cwd=root, args=args)
+        assert untrusted.returncode == 1
+        line = _last_line(untrusted.stderr)
+        assert "TLS certificate is not trusted" in line
+        assert "--tls-verify=false" in line
+        # --tls-verify=false: HTTPS without the check
+        pushed(storegen.run_tool(cmd, conf, cwd=root, args=[*args, "--tls-verify=false"]))
+    # the untrusted run gave up at its first handshake: the registry logs two failed
+    # handshakes in all, that one and the readiness probe's (a TCP connect, then EOF)
+    assert server.log_path.read_text().count("TLS handshake error") == 2
+
+
+def _last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("streamimage: error: "), stderr
+    return lines[-1]

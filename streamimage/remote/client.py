@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -74,6 +75,16 @@ def _retry_after(response: httpx.Response) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def _untrusted(exc: BaseException) -> str:
+    """What OpenSSL said if ``exc`` came of a certificate it could not verify, else ""."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen)
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 def _registry_errors(response: httpx.Response) -> str:
     """The registry's own account: ``CODE: message`` of its errors document (spec.md's
     error codes), else the HTTP status."""
@@ -121,7 +132,9 @@ class RegistryClient:
         self._base = f"https://{reference.api_host}"
         self._http = httpx.AsyncClient(
             auth=auth,
-            verify=tls_verify,
+            # the system's trust store (OpenSSL's, as skopeo and podman use the system's),
+            # not httpx's default of certifi's bundle
+            verify=ssl.create_default_context() if tls_verify else False,
             timeout=timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,  # a HEAD or PUT is answered by the registry itself
@@ -169,6 +182,11 @@ class RegistryClient:
         except StreamImageError:
             raise  # the body's own failure (a layer changed): never retried
         except httpx.TransportError as exc:
+            if _untrusted(exc):  # no use retrying
+                raise RegistryError(
+                    f"{self.name}: {what}: the registry's TLS certificate is not trusted "
+                    f"({_untrusted(exc)}); --tls-verify=false skips the check"
+                ) from None
             raise _Again(f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)) from exc
         if response.status_code in RETRY_STATUSES:
             raise _Again(_registry_errors(response), _retry_after(response))
