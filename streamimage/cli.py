@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import httpx
 import platformdirs
@@ -53,6 +54,7 @@ from streamimage.remote.reference import (
     is_registry_reference,
     parse_reference,
 )
+from streamimage.remote.seen import SeenBlobs, SeenUnavailable
 from streamimage.report import Reporter
 from streamimage.spec import Conf, parse_conf
 
@@ -257,14 +259,8 @@ async def run(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
             if target is not None:
-                client = RegistryClient(
-                    target.reference, auth=registry_auth(target), tls_verify=target.tls_verify
-                )
-                async with client:
-                    blobs = RegistryBlobs(client, target.mount_from, image.layers)
-                    tg.start_soon(reporter.show_progress, [blobs])
-                    pushed = await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
-                written = blobs.written
+                pushed = await _push(image, target, reporter, tg)
+                written = pushed.uploaded
             elif options.format == FORMAT_OCI_DIR:
                 tg.start_soon(reporter.show_progress, opened if opened is not None else [])
                 assert output is not None  # main checks
@@ -282,6 +278,31 @@ async def run(
     finally:
         if base is not None:
             base.close()
+
+
+async def _push(
+    image: Image, target: RegistryTarget, reporter: Reporter, tg: anyio.abc.TaskGroup
+) -> Pushed:
+    """Push ``image`` to ``target``, mounting from where --mount-from and earlier pushes
+    (remembered beside the digest cache) say the blobs are."""
+    options = image.build.options
+    seen = None
+    if options.cache_dir is not None:
+        try:
+            seen = await anyio.to_thread.run_sync(SeenBlobs.open, options.cache_dir)
+        except SeenUnavailable as exc:
+            reporter.warn(f"{exc}: no mounts from earlier pushes")
+    client = RegistryClient(
+        target.reference, auth=registry_auth(target), tls_verify=target.tls_verify
+    )
+    try:
+        async with client:
+            blobs = RegistryBlobs(client, target.mount_from, image.layers, seen)
+            tg.start_soon(reporter.show_progress, [blobs])
+            return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
+    finally:
+        if seen is not None:
+            seen.close()
 
 
 def _leaf(error: BaseException) -> BaseException:

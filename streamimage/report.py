@@ -141,6 +141,8 @@ class Reporter:
         if self._verbose:
             for blob in pushed.blobs:
                 said = blob.action
+                if blob.source is not None:
+                    said += f" from {blob.source}"
                 if blob.action == UPLOADED:
                     rate = blob.size / blob.seconds / 1e6 if blob.seconds > 0 else 0.0
                     said += f" {blob.size} bytes in {blob.seconds:.2f} s ({rate:.1f} MB/s)"

@@ -442,3 +442,24 @@ def _last_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("streamimage: error: "), stderr
     return lines[-1]
+
+
+def test_a_push_mounts_from_where_an_earlier_push_left_the_blobs(
+    tmp_path: Path, server: RegistryServer, fixture_store: FixtureStore
+) -> None:
+    root = fixture_store.get("from-image").root
+    cached = {"STREAMIMAGE_NO_CACHE": "", "STREAMIMAGE_CACHE_DIR": str(tmp_path / "cache")}
+    pushed(push(root, f"{server.host}/team/first:t", env=cached))
+    first = len(server.requests())
+    result = push(root, f"{server.host}/team/second:t", "-v", env=cached)
+    pushed(result)
+    second = server.requests()[first:]
+    mounts = [r for r in second if r.method == "POST" and "mount=" in r.uri]
+    assert mounts
+    assert all(r.status == 201 and "from=team/first" in r.uri for r in mounts)
+    assert [r for r in second if r.method == "PATCH"] == []
+    assert " mounted from team/first" in result.stderr
+    # without the cache, nothing says where the blobs are: uploaded
+    result = push(root, f"{server.host}/team/third:t")
+    pushed(result)
+    assert "0 mounted" in result.stderr

@@ -35,6 +35,7 @@ from streamimage.imagejson import (
 )
 from streamimage.layers import Layer
 from streamimage.remote.client import RegistryClient
+from streamimage.remote.seen import SeenBlobs
 
 # Uploads at once: one upload waits on round trips (POST, PATCH's answer, PUT) and on its
 # layer's reads; a few keep a link to a remote registry busy meanwhile (docker pushes 5
@@ -58,6 +59,7 @@ class BlobOutcome:
     size: int
     action: str
     seconds: float = 0.0
+    source: str | None = None  # the repository it was mounted from
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +102,16 @@ class RegistryBlobs:
     """A LayerWriter into a registry repository: each layer's blob made present there."""
 
     def __init__(
-        self, client: RegistryClient, mount_from: str | None, layers: Sequence[Layer]
+        self,
+        client: RegistryClient,
+        mount_from: str | None,
+        layers: Sequence[Layer],
+        seen: SeenBlobs | None = None,
     ) -> None:
         self._client = client
         self._mount_from = mount_from
+        self._seen = seen
+        self._seen_limiter = anyio.CapacityLimiter(1)  # one SQLite call at a time
         self._numbers = {id(layer): number for number, layer in enumerate(layers, start=1)}
         self._done: set[Digest] = set()
         self._locks: dict[Digest, anyio.Lock] = {}
@@ -148,12 +156,11 @@ class RegistryBlobs:
         """
         digest = str(blob.digest)
         label = f"{what} {digest}"
+        source: str | None = None
         if await self._client.has_blob(digest, label):
             outcome = BlobOutcome(what, blob.digest, blob.size, PRESENT)
-        elif self._mount_from is not None and await self._client.mount(
-            digest, self._mount_from, label
-        ):
-            outcome = BlobOutcome(what, blob.digest, blob.size, MOUNTED)
+        elif (source := await self._mount(digest, label)) is not None:
+            outcome = BlobOutcome(what, blob.digest, blob.size, MOUNTED, source=source)
         else:
             started = time.monotonic()
             await self._client.upload(digest, blob.size, self._body(blob, chunks, what), label)
@@ -161,6 +168,48 @@ class RegistryBlobs:
             outcome = BlobOutcome(what, blob.digest, blob.size, UPLOADED, seconds)
         self._done.add(blob.digest)
         return outcome
+
+    async def _mount(self, digest: str, label: str) -> str | None:
+        """Mount ``digest`` from --mount-from's repository, else from those earlier pushes
+        left it in; returns the one it was mounted from, or None."""
+        reference = self._client.reference
+        sources = [self._mount_from] if self._mount_from is not None else []
+        if self._seen is not None:
+            seen = await anyio.to_thread.run_sync(
+                self._seen.sources,
+                reference.registry,
+                digest,
+                reference.repository,
+                limiter=self._seen_limiter,
+            )
+            sources += [source for source in seen if source not in sources]
+        for source in sources:
+            if await self._client.mount(digest, source, label):
+                return source
+            if self._seen is not None and source != self._mount_from:
+                await anyio.to_thread.run_sync(
+                    self._seen.forget,
+                    reference.registry,
+                    digest,
+                    source,
+                    limiter=self._seen_limiter,
+                )
+        return None
+
+    async def remember(self) -> None:
+        """The manifest was accepted: its blobs are in this repository, for later pushes
+        to mount from."""
+        if self._seen is None:
+            return
+        reference = self._client.reference
+        digests = [str(outcome.digest) for outcome in self.outcomes]
+        await anyio.to_thread.run_sync(
+            self._seen.remember,
+            reference.registry,
+            reference.repository,
+            digests,
+            limiter=self._seen_limiter,
+        )
 
     def _body(
         self, blob: Descriptor, chunks: Callable[[], Iterator[Chunk]], what: str
@@ -215,4 +264,5 @@ async def push_image(
             f"{reference}: the image's manifest is {digest}, not the digest asked for"
         )
     await client.put_manifest(media_type, manifest, reference.manifest_reference)
+    await blobs.remember()
     return Pushed(str(reference), digest, blobs.outcomes)
