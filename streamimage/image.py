@@ -174,16 +174,15 @@ class Image:
         async def write(number: int, layer: Layer) -> None:
             try:
                 written[number] = await self._write(layer, writer)
-                if layer.kind == BASE:
-                    progress.line(_announcement(layer, number))
             finally:
                 slots.release()
 
         async with anyio.create_task_group() as writers:
             for number, layer in enumerate(self.layers, start=1):
                 await slots.acquire()
-                if layer.kind != BASE:
-                    progress.line(_announcement(layer, number))
+                # every line as its layer starts (a base layer's too, which a file run
+                # prints once written): the reference's lines in the reference's order
+                progress.line(_announcement(layer, number))
                 writers.start_soon(write, number, layer)
         return [written[number] for number in range(1, len(self.layers) + 1)]
 

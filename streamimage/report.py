@@ -140,7 +140,7 @@ class Reporter:
         bytes and rate), then the counts and the manifest's digest."""
         if self._verbose:
             for blob in pushed.blobs:
-                said = blob.action
+                said = "skipped (present)" if blob.action == PRESENT else blob.action
                 if blob.source is not None:
                     said += f" from {blob.source}"
                 if blob.action == UPLOADED:

@@ -228,7 +228,7 @@ def test_a_repush_of_an_unchanged_image_uploads_no_blob(
     assert all(r.status == 200 for r in heads)
     assert len(manifest_puts(again)) == 1
     assert "0 mounted, 0 uploaded (0 bytes)" in result.stderr
-    assert result.stderr.count(" present\n") == len(heads)
+    assert result.stderr.count(" skipped (present)\n") == len(heads)
 
 
 def _store_opens_runner(log: Path) -> list[str]:
@@ -463,3 +463,19 @@ def test_a_push_mounts_from_where_an_earlier_push_left_the_blobs(
     result = push(root, f"{server.host}/team/third:t")
     pushed(result)
     assert "0 mounted" in result.stderr
+
+
+def test_a_push_prints_the_references_lines_in_order(
+    server: RegistryServer, fixture_store: FixtureStore, tool_cmd: list[str]
+) -> None:
+    """Layers are pushed several at once, but their lines come as a file's do."""
+    root = fixture_store.get("from-image").root
+    result = push(root, f"{server.host}/{REPO}:lines")
+    pushed(result)
+    to_file = fixture_store.run(tool_cmd, "from-image")
+    assert to_file.returncode == 0, to_file.stderr
+
+    def reference_lines(stderr: str) -> list[str]:
+        return [line for line in stderr.splitlines() if not line.startswith("streamimage: ")]
+
+    assert reference_lines(result.stderr) == reference_lines(to_file.stderr)

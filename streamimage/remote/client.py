@@ -240,7 +240,8 @@ class RegistryClient:
         url = self._url(f"blobs/{digest}")
 
         async def attempt() -> bool:
-            response = await self._send("HEAD", url, what)
+            # some registries answer a blob's HEAD with a redirect to its storage
+            response = await self._send("HEAD", url, what, follow_redirects=True)
             if response.status_code == 200:
                 return True
             if response.status_code == 404:
