@@ -29,7 +29,7 @@ import pytest
 from tests import storegen
 from tests.conftest import FixtureStore, require_command
 from tests.daemons import RegistryServer, Request, attempt, free_port, registry
-from tests.images import build, private_fixture
+from tests.images import blob_name, build, private_fixture, uncompressed
 
 pytestmark = pytest.mark.clients
 
@@ -479,3 +479,25 @@ def test_a_push_prints_the_references_lines_in_order(
         return [line for line in stderr.splitlines() if not line.startswith("streamimage: ")]
 
     assert reference_lines(result.stderr) == reference_lines(to_file.stderr)
+
+
+def test_zstd_layers_push_with_an_oci_manifest(
+    tmp_path: Path, server: RegistryServer, fixture_store: FixtureStore, tool_cmd: list[str]
+) -> None:
+    skopeo = require_command("skopeo")
+    root = fixture_store.get("basic").root
+    reference = f"{server.host}/{REPO}:zstd"
+    pushed(push(root, reference, "--format", "oci", "--compress", "zstd"))
+    manifest = skopeo_raw_manifest(reference)
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
+    # skopeo copies it into a layout, checking every blob; the layers, decompressed, are
+    # the archive's
+    layout = tmp_path / "layout"
+    argv = [skopeo, "--insecure-policy", "copy", "--src-tls-verify=false"]
+    proc = attempt([*argv, f"docker://{reference}", f"oci:{layout}:t"])
+    assert proc.returncode == 0, proc.stderr
+    blobs = [(layout / blob_name(layer["digest"])).read_bytes() for layer in manifest["layers"]]
+    diff_ids = ["sha256:" + hashlib.sha256(uncompressed(blob)).hexdigest() for blob in blobs]
+    assert diff_ids == archive_diff_ids(build(fixture_store, tool_cmd, "basic"))
