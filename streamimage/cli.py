@@ -80,9 +80,11 @@ class RegistryTarget:
     mount_from: str | None = None  # a repository of the same registry that may hold blobs
 
 
-def registry_auth(target: RegistryTarget) -> httpx.Auth | None:
+def registry_auth(target: RegistryTarget, mount_sources: Sequence[str]) -> httpx.Auth | None:
     """The credentials a push presents to the registry (anonymous for now): the one
-    place where remote's RegistryAuth (credential files, helpers, challenges) plugs in."""
+    place where remote's RegistryAuth (credential files, helpers, challenges) plugs in;
+    ``mount_sources`` are the repositories a blob may be mounted from (--mount-from's,
+    and those earlier pushes went to): a token needs their pull scope."""
     return None
 
 
@@ -286,18 +288,26 @@ async def _push(
     """Push ``image`` to ``target``, mounting from where --mount-from and earlier pushes
     (remembered beside the digest cache) say the blobs are."""
     options = image.build.options
+    reference = target.reference
     seen = None
+    seen_sources: list[str] = []
     if options.cache_dir is not None:
         try:
             seen = await anyio.to_thread.run_sync(SeenBlobs.open, options.cache_dir)
+            seen_sources = await anyio.to_thread.run_sync(
+                seen.recent_repositories, reference.registry, reference.repository
+            )
         except SeenUnavailable as exc:
             reporter.warn(f"{exc}: no mounts from earlier pushes")
-    client = RegistryClient(
-        target.reference, auth=registry_auth(target), tls_verify=target.tls_verify
-    )
+    mount_sources = [target.mount_from] if target.mount_from is not None else []
+    mount_sources += [s for s in seen_sources if s not in mount_sources]
+    auth = registry_auth(target, mount_sources)
+    client = RegistryClient(reference, auth=auth, tls_verify=target.tls_verify)
     try:
         async with client:
-            blobs = RegistryBlobs(client, target.mount_from, image.layers, seen)
+            blobs = RegistryBlobs(
+                client, target.mount_from, image.layers, seen, seen_sources=seen_sources
+            )
             tg.start_soon(reporter.show_progress, [blobs])
             return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
     finally:

@@ -175,3 +175,12 @@ async def test_a_mount_the_registry_declines_cancels_its_session() -> None:
     async with client(handler) as c:
         assert not await c.mount(DIGEST, "team/base", "layer 1")
     assert seen == ["POST /v2/team/app/blobs/uploads/", "DELETE /v2/team/app/blobs/uploads/u9"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_mount_source_we_may_not_read_means_an_upload(status: int) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return errors(status, "DENIED", "requested access to the resource is denied")
+
+    async with client(handler) as c:
+        assert not await c.mount(DIGEST, "team/secret", "layer 1")

@@ -64,3 +64,14 @@ def test_a_directory_that_cant_be_made_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(SeenUnavailable, match="cannot open"):
         SeenBlobs.open(str(tmp_path / "file" / "cache"))
+
+
+def test_a_pushs_mount_sources_are_the_latest_other_repositories(tmp_path: Path) -> None:
+    seen = SeenBlobs.open(str(tmp_path))
+    for number in range(SOURCES_MAX + 2):
+        seen.remember("r.io", f"team/r{number}", [A, B])
+    seen.remember("other.io", "team/elsewhere", [A])
+    latest = [f"team/r{n}" for n in range(SOURCES_MAX + 1, 0, -1)]
+    assert seen.recent_repositories("r.io", "team/new") == latest[:SOURCES_MAX]
+    assert seen.recent_repositories("r.io", latest[0]) == latest[1 : SOURCES_MAX + 1]
+    seen.close()

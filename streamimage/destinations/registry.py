@@ -99,7 +99,12 @@ def _blocks(chunks: Iterator[Chunk]) -> Generator[bytes, None, None]:
 
 
 class RegistryBlobs:
-    """A LayerWriter into a registry repository: each layer's blob made present there."""
+    """A LayerWriter into a registry repository: each layer's blob made present there.
+
+    A blob the repository lacks is mounted from ``mount_from`` (--mount-from), else from
+    those of ``seen_sources`` (repositories earlier pushes went to, fixed before the push
+    so that its auth can ask for their pull scope) that ``seen`` says hold it.
+    """
 
     def __init__(
         self,
@@ -107,10 +112,12 @@ class RegistryBlobs:
         mount_from: str | None,
         layers: Sequence[Layer],
         seen: SeenBlobs | None = None,
+        seen_sources: Sequence[str] = (),
     ) -> None:
         self._client = client
         self._mount_from = mount_from
         self._seen = seen
+        self._seen_sources = set(seen_sources)  # those the push's auth was scoped for
         self._seen_limiter = anyio.CapacityLimiter(1)  # one SQLite call at a time
         self._numbers = {id(layer): number for number, layer in enumerate(layers, start=1)}
         self._done: set[Digest] = set()
@@ -182,7 +189,7 @@ class RegistryBlobs:
                 reference.repository,
                 limiter=self._seen_limiter,
             )
-            sources += [source for source in seen if source not in sources]
+            sources += [s for s in seen if s in self._seen_sources and s not in sources]
         for source in sources:
             if await self._client.mount(digest, source, label):
                 return source

@@ -264,6 +264,8 @@ class RegistryClient:
             response = await self._send("POST", url, what)
             if response.status_code == 201:
                 return True
+            if response.status_code in (401, 403):
+                return False  # not allowed to read ``source``: upload it instead
             if response.status_code == 202:
                 location = response.headers.get("Location")
                 if location:  # best effort: an abandoned session expires anyway

@@ -89,6 +89,21 @@ class SeenBlobs:
             return []
         return [str(row[0]) for row in rows]
 
+    def recent_repositories(self, registry: str, repository: str) -> list[str]:
+        """The repositories of ``registry`` pushed to most recently (at most SOURCES_MAX),
+        ``repository`` left out: the mount sources of a push, fixed before it starts (an
+        auth token's scope names each repository a blob is mounted from); [] if the
+        database fails."""
+        try:
+            rows = self._db.execute(
+                "SELECT repository FROM blobs WHERE registry = ? AND repository != ? "
+                "GROUP BY repository ORDER BY MAX(used) DESC LIMIT ?",
+                (registry, repository, SOURCES_MAX),
+            ).fetchall()
+        except sqlite3.Error:
+            return []
+        return [str(row[0]) for row in rows]
+
     def remember(self, registry: str, repository: str, digests: Iterable[str]) -> None:
         """``repository`` of ``registry`` holds ``digests`` (a manifest naming them was
         accepted); old rows are pruned. A database that fails is left as it is."""
