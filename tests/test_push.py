@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
 import tempfile
@@ -29,7 +30,7 @@ import pytest
 from tests import storegen
 from tests.conftest import FixtureStore, require_command
 from tests.daemons import RegistryServer, Request, attempt, free_port, registry
-from tests.images import blob_name, build, private_fixture, uncompressed
+from tests.images import blob_name, build, conf_with_base, private_fixture, uncompressed
 
 pytestmark = pytest.mark.clients
 
@@ -501,3 +502,44 @@ def test_zstd_layers_push_with_an_oci_manifest(
     blobs = [(layout / blob_name(layer["digest"])).read_bytes() for layer in manifest["layers"]]
     diff_ids = ["sha256:" + hashlib.sha256(uncompressed(blob)).hexdigest() for blob in blobs]
     assert diff_ids == archive_diff_ids(build(fixture_store, tool_cmd, "basic"))
+
+
+def _big_base(path: Path, layers: int, size: int) -> None:
+    """A docker-archive base image of ``layers`` layers of ``size`` random bytes each."""
+    blobs = []
+    for number in range(layers):
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w") as tar:
+            data = os.urandom(size)
+            info = tarfile.TarInfo(f"base/big{number}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        blobs.append(layer.getvalue())
+    diff_ids = ["sha256:" + hashlib.sha256(blob).hexdigest() for blob in blobs]
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    names = [f"{d[7:]}/layer.tar" for d in diff_ids]
+    manifest = [{"Config": "config.json", "RepoTags": ["base:1"], "Layers": names}]
+    with tarfile.open(path, "w") as tar:
+        for name, data in [
+            *zip(names, blobs, strict=True),
+            ("config.json", config),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_base_images_layers_are_read_whole_while_others_upload(
+    tmp_path: Path, server: RegistryServer, fixture_store: FixtureStore, tool_cmd: list[str]
+) -> None:
+    """Base layers are members of one archive: pushed at once with other layers, each
+    must still be read whole (a shared file read from two threads mixes them)."""
+    fixture = private_fixture(fixture_store, tool_cmd, "basic", tmp_path / "own")
+    _big_base(fixture.root / "big-base.tar", layers=3, size=4 * 2**20)
+    conf = conf_with_base(fixture.root, "big-base.tar", "big-conf.json")
+    reference = f"{server.host}/{REPO}:big-base"
+    pushed(push(fixture.root, reference, conf=conf, env={"STREAMIMAGE_NO_CACHE": "1"}))
+    to_file = storegen.run_tool(tool_cmd, conf, cwd=fixture.root)
+    assert to_file.returncode == 0, to_file.stderr
+    assert pulled_layer_digests(reference, tmp_path) == archive_diff_ids(to_file.stdout)

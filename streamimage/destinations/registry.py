@@ -33,7 +33,7 @@ from streamimage.imagejson import (
     docker_distribution_manifest,
     oci_manifest,
 )
-from streamimage.layers import Layer
+from streamimage.layers import BASE, Layer
 from streamimage.remote.client import RegistryClient
 from streamimage.remote.seen import SeenBlobs
 
@@ -123,6 +123,10 @@ class RegistryBlobs:
         self._done: set[Digest] = set()
         self._locks: dict[Digest, anyio.Lock] = {}
         self._outcomes: dict[int, BlobOutcome] = {}  # by layer number; the config: 0
+        # A base image's layers are members of one archive, read through one file object
+        # (seek, then read: not safe from two threads; a gzip archive reads cheaply only
+        # forward): one base layer at a time, in order (anyio's Lock is fair)
+        self._base_archive = anyio.Lock()
         self.written = 0  # bytes uploaded so far (the progress line reads it)
 
     @property
@@ -131,6 +135,12 @@ class RegistryBlobs:
         return [self._outcomes[n] for n in sorted(self._outcomes, key=lambda n: n or 1 << 30)]
 
     async def add_layer(self, layer: Layer) -> LayerRecord:
+        if layer.kind == BASE:
+            async with self._base_archive:
+                return await self._add_layer(layer)
+        return await self._add_layer(layer)
+
+    async def _add_layer(self, layer: Layer) -> LayerRecord:
         number = self._numbers[id(layer)]
         blob = await layer.descriptor()
         what = f"layer {number}"
