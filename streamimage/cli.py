@@ -15,10 +15,13 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
+import httpx
 import platformdirs
 
 from streamimage import __version__
@@ -26,6 +29,7 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.destinations.output import check_output_file, open_output
+from streamimage.destinations.registry import Pushed, RegistryBlobs, push_image
 from streamimage.engine.pipeline import STDOUT, FdSink, watch_reader
 from streamimage.engine.walk import check_under
 from streamimage.engine.workers import FORK, STOP_SIGNALS, cpu_workers
@@ -43,6 +47,16 @@ from streamimage.options import (
     parse_compression,
     parse_size,
 )
+from streamimage.remote.authn import credentials_for
+from streamimage.remote.client import RegistryClient
+from streamimage.remote.reference import (
+    Reference,
+    check_repository,
+    is_registry_reference,
+    parse_reference,
+)
+from streamimage.remote.seen import SeenBlobs, SeenUnavailable
+from streamimage.remote.transport import RegistryAuth
 from streamimage.report import Reporter
 from streamimage.spec import Conf, parse_conf
 
@@ -59,6 +73,41 @@ class Interrupted(StreamImageError):
         self.exit_status = 128 + signum
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryTarget:
+    """``-o docker://...``: where to push, and how."""
+
+    reference: Reference
+    tls_verify: bool = True
+    mount_from: str | None = None  # a repository of the same registry that may hold blobs
+
+
+def registry_auth(target: RegistryTarget, mount_sources: Sequence[str]) -> httpx.Auth:
+    """How a push answers the registry's challenges: the credentials found for it where
+    containers/image and Docker keep them (remote/authn.py; none: anonymous), Basic or a
+    Bearer token (remote/transport.py) whose scope is push on the repository and pull on
+    ``mount_sources``, the repositories a blob may be mounted from (--mount-from's, and
+    those earlier pushes went to). Blocking: credential helpers are programs.
+
+    Raises:
+        CredentialsError: an auth file is malformed, or a credential helper failed.
+    """
+    reference = target.reference
+    credentials = credentials_for(reference.registry, reference.repository)
+    return RegistryAuth(
+        reference.registry, reference.repository, credentials, mount_from=mount_sources
+    )
+
+
+def _boolean(text: str) -> bool:
+    """``true`` or ``false``, as podman and skopeo spell ``--tls-verify=false``."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamimage",
@@ -73,7 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="FILE",
-        help="write the image to FILE instead of stdout (the directory, for oci-dir)",
+        help="write the image to FILE instead of stdout (the directory, for oci-dir); "
+        "docker://HOST[:PORT]/REPO[:TAG|@DIGEST]: push it to that registry",
+    )
+    parser.add_argument(
+        "--tls-verify",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="true|false",
+        help="pushing: check the registry's HTTPS certificate (default); false also "
+        "allows plain HTTP",
+    )
+    parser.add_argument(
+        "--mount-from",
+        metavar="REPO",
+        help="pushing: a repository of the same registry that may hold some of the blobs "
+        "already; they are mounted from it instead of uploaded",
     )
     parser.add_argument(
         "--format",
@@ -189,9 +255,10 @@ async def run(
     reporter: Reporter,
     options: Options,
     opened: list[FdSink] | None = None,
+    target: RegistryTarget | None = None,
 ) -> None:
-    """Build the image of ``conf`` into ``output`` (stdout when None); the sink opened is
-    appended to ``opened``."""
+    """Build the image of ``conf`` into ``output`` (stdout when None), or push it to
+    ``target``; the sink opened is appended to ``opened``."""
     for note in conf.notes:
         reporter.note(note)
     base = None
@@ -202,13 +269,18 @@ async def run(
         await anyio.to_thread.run_sync(check_under, paths, conf.store_dir)
         customisation = await anyio.to_thread.run_sync(open_customisation, conf.customisation_layer)
         image = Image(Build(conf, options, base, customisation, reporter))
+        pushed: Pushed | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
-            tg.start_soon(reporter.show_progress, opened if opened is not None else [])
-            if options.format == FORMAT_OCI_DIR:
+            if target is not None:
+                pushed = await _push(image, target, reporter, tg)
+                written = pushed.uploaded
+            elif options.format == FORMAT_OCI_DIR:
+                tg.start_soon(reporter.show_progress, opened if opened is not None else [])
                 assert output is not None  # main checks
                 written = await write_oci_dir(image, output)
             else:
+                tg.start_soon(reporter.show_progress, opened if opened is not None else [])
                 write = write_oci_archive if options.format == FORMAT_OCI else write_docker_archive
                 with open_output(output, opened) as sink:
                     async with anyio.create_task_group() as writing:
@@ -218,9 +290,44 @@ async def run(
                 written = sink.written
             tg.cancel_scope.cancel()
         reporter.done(len(image.layers), written, image.timelines)
+        if pushed is not None:
+            reporter.pushed(pushed)
     finally:
         if base is not None:
             base.close()
+
+
+async def _push(
+    image: Image, target: RegistryTarget, reporter: Reporter, tg: anyio.abc.TaskGroup
+) -> Pushed:
+    """Push ``image`` to ``target``, mounting from where --mount-from and earlier pushes
+    (remembered beside the digest cache) say the blobs are."""
+    options = image.build.options
+    reference = target.reference
+    seen = None
+    seen_sources: list[str] = []
+    if options.cache_dir is not None:
+        try:
+            seen = await anyio.to_thread.run_sync(SeenBlobs.open, options.cache_dir)
+            seen_sources = await anyio.to_thread.run_sync(
+                seen.recent_repositories, reference.registry, reference.repository
+            )
+        except SeenUnavailable as exc:
+            reporter.warn(f"{exc}: no mounts from earlier pushes")
+    mount_sources = [target.mount_from] if target.mount_from is not None else []
+    mount_sources += [s for s in seen_sources if s not in mount_sources]
+    auth = await anyio.to_thread.run_sync(registry_auth, target, mount_sources)
+    client = RegistryClient(reference, auth=auth, tls_verify=target.tls_verify)
+    try:
+        async with client:
+            blobs = RegistryBlobs(
+                client, target.mount_from, image.layers, seen, seen_sources=seen_sources
+            )
+            tg.start_soon(reporter.show_progress, [blobs])
+            return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
+    finally:
+        if seen is not None:
+            seen.close()
 
 
 def _leaf(error: BaseException) -> BaseException:
@@ -250,15 +357,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _registry_target(args: argparse.Namespace) -> RegistryTarget | None:
+    """``-o docker://...``'s target, or None for a file or stdout.
+
+    Raises:
+        UsageError: a malformed reference or repository; an option that needs a push.
+    """
+    if args.output is None or not is_registry_reference(args.output):
+        if args.mount_from is not None:
+            raise UsageError("--mount-from needs -o docker://...: it names a registry's repository")
+        return None
+    if args.format == FORMAT_OCI_DIR:
+        raise UsageError(
+            f"-o {args.output}: a registry takes --format docker (a Docker v2 schema 2 "
+            "manifest) or oci (an OCI manifest), not oci-dir"
+        )
+    reference = parse_reference(args.output)
+    mount_from = args.mount_from
+    if mount_from is not None:
+        check_repository(mount_from, f"--mount-from {mount_from}")
+    return RegistryTarget(reference, args.tls_verify, mount_from)
+
+
 def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
     live = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     reporter = Reporter(sys.stderr, quiet=args.quiet, verbose=args.verbose, live=live)
     try:
         try:
             conf = load_conf(args.conf, args.repo_tag)
+            target = _registry_target(args)
             if args.format == FORMAT_OCI_DIR and args.output is None:
                 raise UsageError("--format oci-dir writes a directory: name it with -o DIR")
-            if args.output is not None and args.format != FORMAT_OCI_DIR:
+            if args.output is not None and args.format != FORMAT_OCI_DIR and target is None:
                 check_output_file(args.output)
             if args.output is None and os.isatty(STDOUT):
                 raise UsageError(
@@ -289,7 +419,7 @@ def _build(args: argparse.Namespace, opened: list[FdSink]) -> int:
                 spool_max=parse_size(args.spool_max, "--spool-max"),
                 cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
             )
-            anyio.run(run, conf, args.output, reporter, options, opened)
+            anyio.run(run, conf, args.output, reporter, options, opened, target)
         except BaseExceptionGroup as group:
             raise _leaf(group) from None
     except StreamImageError as exc:

@@ -60,3 +60,11 @@ class CredentialsError(StreamImageError, ValueError):
 class AuthError(StreamImageError):
     """A registry or its token server refused us (401, 403): the message names the registry
     and repository, never a secret."""
+
+
+class ImageReferenceError(UsageError, ValueError):
+    """A ``docker://`` image reference (``-o``, ``--mount-from``) that is not one."""
+
+
+class RegistryError(StreamImageError, RuntimeError):
+    """The registry refused a request, or could not be reached (after the retries)."""

@@ -166,9 +166,11 @@ class Image:
             created=conf.created, architecture=conf.architecture, config=config, layers=records
         )
 
-    async def write_layers(self, writer: LayerWriter) -> list[LayerRecord]:
+    async def write_layers(self, writer: LayerWriter, *, at_once: int = 1) -> list[LayerRecord]:
         """Write every layer through ``writer``, in order and with the reference's lines,
-        while the hash passes run ahead; returns what to say of each layer.
+        while the hash passes run ahead; returns what to say of each layer. With
+        ``at_once`` > 1, up to that many layers are written at the same time (a registry's
+        uploads), started in order.
 
         Raises:
             StreamImageError: any failure (StoreError, ChangedError, CustomisationError...).
@@ -183,13 +185,16 @@ class Image:
                     tg.start_soon(layer.prepare)
                 if self.build.base is None:
                     progress.line("No 'fromImage' provided")
-                for number, layer in enumerate(self.layers, start=1):
-                    progress.layer(number)
-                    if layer.kind != BASE:
-                        progress.line(_announcement(layer, number))
-                    records.append(await self._write(layer, writer))
-                    if layer.kind == BASE:
-                        progress.line(_announcement(layer, number))
+                if at_once > 1:
+                    records = await self._write_at_once(writer, at_once)
+                else:
+                    for number, layer in enumerate(self.layers, start=1):
+                        progress.layer(number)
+                        if layer.kind != BASE:
+                            progress.line(_announcement(layer, number))
+                        records.append(await self._write(layer, writer))
+                        if layer.kind == BASE:
+                            progress.line(_announcement(layer, number))
         finally:
             self._hashes.close()
             if self._cache is not None:
@@ -198,6 +203,27 @@ class Image:
                     progress.warn(self._cache.warning)
         progress.line("Adding manifests...")
         return records
+
+    async def _write_at_once(self, writer: LayerWriter, at_once: int) -> list[LayerRecord]:
+        progress = self.build.progress
+        slots = anyio.Semaphore(at_once)
+        written: dict[int, LayerRecord] = {}
+
+        async def write(number: int, layer: Layer) -> None:
+            try:
+                written[number] = await self._write(layer, writer)
+            finally:
+                slots.release()
+
+        async with anyio.create_task_group() as writers:
+            for number, layer in enumerate(self.layers, start=1):
+                await slots.acquire()
+                progress.layer(number)  # layers start in order: k is the latest started
+                # every line as its layer starts (a base layer's too, which a file run
+                # prints once written): the reference's lines in the reference's order
+                progress.line(_announcement(layer, number))
+                writers.start_soon(write, number, layer)
+        return [written[number] for number in range(1, len(self.layers) + 1)]
 
     async def _write(self, layer: Layer, writer: LayerWriter) -> LayerRecord:
         try:

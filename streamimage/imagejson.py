@@ -203,3 +203,57 @@ def layer_media_type(head: bytes) -> str:
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         return MEDIA_TYPE_LAYER_ZSTD
     return MEDIA_TYPE_LAYER
+
+
+# Docker's Image Manifest V2, Schema 2 (distribution's docs/spec/manifest-v2-2.md): the
+# same shape as an OCI manifest, with Docker's media types
+MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_TYPE_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_TYPE_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+MEDIA_TYPE_DOCKER_LAYER_GZIP = MEDIA_TYPE_DOCKER_LAYER + ".gzip"
+_DOCKER_LAYER_MEDIA_TYPES = {
+    MEDIA_TYPE_LAYER: MEDIA_TYPE_DOCKER_LAYER,
+    MEDIA_TYPE_LAYER_GZIP: MEDIA_TYPE_DOCKER_LAYER_GZIP,
+}
+
+
+def docker_layer_media_type(media_type: str) -> str:
+    """Docker's media type of a layer the OCI ``media_type`` describes.
+
+    Raises:
+        ValueError: none (zstd: schema 2 has no media type for it).
+    """
+    try:
+        return _DOCKER_LAYER_MEDIA_TYPES[media_type]
+    except KeyError:
+        raise ValueError(
+            f"a Docker v2 schema 2 manifest has no media type for {media_type}"
+        ) from None
+
+
+def docker_distribution_manifest(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:
+    """A Docker v2 schema 2 manifest of ``config`` (the image config's blob) and ``layers``
+    (described with OCI media types, given Docker's here).
+
+    Raises:
+        ValueError: a layer Docker's schema has no media type for (zstd).
+    """
+    return _compact(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_DOCKER_MANIFEST,
+            "config": {
+                "mediaType": MEDIA_TYPE_DOCKER_CONFIG,
+                "size": config.size,
+                "digest": str(config.digest),
+            },
+            "layers": [
+                {
+                    "mediaType": docker_layer_media_type(layer.media_type),
+                    "size": layer.size,
+                    "digest": str(layer.digest),
+                }
+                for layer in layers
+            ],
+        }
+    )

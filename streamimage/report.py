@@ -16,6 +16,7 @@ from typing import TextIO
 
 import anyio
 
+from streamimage.destinations.registry import MOUNTED, PRESENT, UPLOADED, Pushed
 from streamimage.engine.timeline import Timeline
 from streamimage.image import Meter
 from streamimage.layers import Layer
@@ -192,4 +193,25 @@ class Reporter:
         self.line(
             f"streamimage: {layers} layers, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s)"
             + cache
+        )
+
+    def pushed(self, pushed: Pushed) -> None:
+        """After a push: with -v each blob's outcome (present: skipped, mounted, uploaded:
+        bytes and rate), then the counts and the manifest's digest."""
+        if self._verbose:
+            for blob in pushed.blobs:
+                said = "skipped (present)" if blob.action == PRESENT else blob.action
+                if blob.source is not None:
+                    said += f" from {blob.source}"
+                if blob.action == UPLOADED:
+                    rate = blob.size / blob.seconds / 1e6 if blob.seconds > 0 else 0.0
+                    said += f" {blob.size} bytes in {blob.seconds:.2f} s ({rate:.1f} MB/s)"
+                self.line(f"  {blob.what}: {blob.digest} {said}")
+        counts = dict.fromkeys((PRESENT, MOUNTED, UPLOADED), 0)
+        for blob in pushed.blobs:
+            counts[blob.action] += 1
+        self.line(
+            f"streamimage: pushed {pushed.reference} ({pushed.manifest_digest}): "
+            f"{counts[PRESENT]} blobs present, {counts[MOUNTED]} mounted, "
+            f"{counts[UPLOADED]} uploaded ({pushed.uploaded} bytes)"
         )

@@ -125,6 +125,21 @@ async def test_a_store_layer_copied_from_its_spool_is_the_one_framed_again(
     assert layer.timeline.spooled is not None
 
 
+@pytest.mark.parametrize("spool", [True, False])
+async def test_a_store_layer_streams_whole_again_for_a_retried_upload(
+    store: Store, spool: bool
+) -> None:
+    async with hash_pass(store, UNCOMPRESSED, spool=spool) as hashes:
+        layer = StoreLayer(0, store.layers[0], hashes, ENCODER, Counter())
+        digest = await layer.diff_id()
+        cut_short = layer.chunks()
+        next(cut_short)  # an upload that failed after its first chunk
+        getattr(cut_short, "close")()  # noqa: B009 (a generator; Layer says Iterator)
+        first, second = await stream(layer), await stream(layer)
+    assert first == second
+    assert sha256(second) == str(digest)
+
+
 async def test_a_store_layer_changed_after_its_hash_fails_its_stream(
     store: Store, hashed: HashPass
 ) -> None:

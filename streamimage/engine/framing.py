@@ -63,6 +63,11 @@ class Witness:
             raise ChangedError(f"{entry.path}: changed between the hash pass and the stream pass")
         self._cursor = cursor + 1
 
+    def rewind(self) -> None:
+        """Hold a stream pass from the first entry again: a registry's upload that failed
+        is retried from the start of the layer."""
+        self._cursor = 0
+
     def __len__(self) -> int:
         """Entries recorded."""
         return len(self._seen)

@@ -63,7 +63,8 @@ class Layer(ABC):
 
     @abstractmethod
     def chunks(self) -> Iterator[Chunk]:
-        """The layer as stored: bytes, and FileSpans of large files (sent, not read)."""
+        """The layer as stored: bytes, and FileSpans of large files (sent, not read).
+        Each call gives the whole layer again (a registry upload retried from its start)."""
 
     def known_size(self) -> int | None:
         """The size of the layer as stored, if known now without waiting or work (after

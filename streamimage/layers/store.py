@@ -99,6 +99,7 @@ class StoreLayer(Layer):
     def _framed(self, found: LayerHash) -> Iterator[Chunk]:
         """Framed again from the store, every entry checked against the hash pass's."""
         self._timeline.spooled = None
+        found.witness.rewind()  # a stream pass again (a retried upload) starts over
         yield from layer_chunks(self.history, self._encoder, self._on_entry(found))
         found.witness.check_complete(self._label())
 
@@ -107,6 +108,7 @@ class StoreLayer(Layer):
         assert found.spooled is not None
         self._timeline.spooled = found.spooled.size
         fds = self._hashes.spool_fds(self._index)
+        found.witness.rewind()  # a stream pass again (a retried upload) starts over
         yield from spooled_chunks(fds, found.spooled.segments, self.history, self._on_entry(found))
         found.witness.check_complete(self._label())
 

@@ -1,0 +1,285 @@
+"""The registry destination: an image pushed over the OCI distribution API, as
+go-containerregistry's ``remote.Write`` does it.
+
+ASYNC; the layers come from image.Image, the registry is remote.client's.
+Rule 1: every blob is asked for first (HEAD) and sent only if missing: mounted from
+``--mount-from``'s repository when the registry has it there, else uploaded, streamed,
+UPLOADS_AT_ONCE at a time; a layer the registry has is never read.
+Rule 2: the manifest is put last, after every blob it names (and the config) is in
+place, so a push that fails, or is stopped, never tags a partial image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+from anyio.from_thread import check_cancelled
+
+from streamimage.engine.framing import Chunk, read_pieces
+from streamimage.errors import ChangedError, RegistryError
+from streamimage.image import Image
+from streamimage.imagejson import (
+    MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_MANIFEST,
+    Descriptor,
+    Digest,
+    LayerRecord,
+    docker_distribution_manifest,
+    oci_manifest,
+)
+from streamimage.layers import BASE, Layer
+from streamimage.remote.client import RegistryClient
+from streamimage.remote.seen import SeenBlobs
+
+# Uploads at once: one upload waits on round trips (POST, PATCH's answer, PUT) and on its
+# layer's reads; a few keep a link to a remote registry busy meanwhile (docker pushes 5
+# at once, GGCR 4). Each holds one block in memory; more would only compete with the
+# hash passes (-j) for the CPUs and keep more spools open.
+UPLOADS_AT_ONCE = 3
+BLOCK = 1024 * 1024  # bytes of a body handed to the connection at once
+
+PRESENT = "present"
+MOUNTED = "mounted"
+UPLOADED = "uploaded"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOutcome:
+    """What the push did with one blob: ``action`` PRESENT (skipped), MOUNTED or UPLOADED
+    (``size`` bytes in ``seconds``)."""
+
+    what: str  # "layer 3", "config"
+    digest: Digest
+    size: int
+    action: str
+    seconds: float = 0.0
+    source: str | None = None  # the repository it was mounted from
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A push done: the manifest's digest, where, and each blob's outcome in order."""
+
+    reference: str
+    manifest_digest: Digest
+    blobs: list[BlobOutcome]
+
+    @property
+    def uploaded(self) -> int:
+        """Bytes uploaded."""
+        return sum(b.size for b in self.blobs if b.action == UPLOADED)
+
+
+def _blocks(chunks: Iterator[Chunk]) -> Generator[bytes, None, None]:
+    """A layer's chunks as blocks of about BLOCK bytes: a registry gets bytes, so large
+    files' FileSpans are read here (checked as the file sink checks them), not sent."""
+    held: list[bytes] = []
+    size = 0
+    try:
+        for chunk in chunks:
+            pieces = [chunk] if isinstance(chunk, bytes) else read_pieces(chunk, check_cancelled)
+            for piece in pieces:
+                held.append(bytes(piece))  # a FileSpan's piece is a view of a reused buffer
+                size += len(piece)
+                if size >= BLOCK:
+                    yield b"".join(held)
+                    held, size = [], 0
+        if held:
+            yield b"".join(held)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class RegistryBlobs:
+    """A LayerWriter into a registry repository: each layer's blob made present there.
+
+    A blob the repository lacks is mounted from ``mount_from`` (--mount-from), else from
+    those of ``seen_sources`` (repositories earlier pushes went to, fixed before the push
+    so that its auth can ask for their pull scope) that ``seen`` says hold it.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        mount_from: str | None,
+        layers: Sequence[Layer],
+        seen: SeenBlobs | None = None,
+        seen_sources: Sequence[str] = (),
+    ) -> None:
+        self._client = client
+        self._mount_from = mount_from
+        self._seen = seen
+        self._seen_sources = set(seen_sources)  # those the push's auth was scoped for
+        self._seen_limiter = anyio.CapacityLimiter(1)  # one SQLite call at a time
+        self._numbers = {id(layer): number for number, layer in enumerate(layers, start=1)}
+        self._done: set[Digest] = set()
+        self._locks: dict[Digest, anyio.Lock] = {}
+        self._outcomes: dict[int, BlobOutcome] = {}  # by layer number; the config: 0
+        # A base image's layers are members of one archive, read through one file object
+        # (seek, then read: not safe from two threads; a gzip archive reads cheaply only
+        # forward): one base layer at a time, in order (anyio's Lock is fair)
+        self._base_archive = anyio.Lock()
+        self.written = 0  # bytes uploaded so far (the progress line reads it)
+
+    @property
+    def outcomes(self) -> list[BlobOutcome]:
+        """Each layer's outcome in the image's order, then the config's."""
+        return [self._outcomes[n] for n in sorted(self._outcomes, key=lambda n: n or 1 << 30)]
+
+    async def add_layer(self, layer: Layer) -> LayerRecord:
+        if layer.kind == BASE:
+            async with self._base_archive:
+                return await self._add_layer(layer)
+        return await self._add_layer(layer)
+
+    async def _add_layer(self, layer: Layer) -> LayerRecord:
+        number = self._numbers[id(layer)]
+        blob = await layer.descriptor()
+        what = f"layer {number}"
+        # a layer repeated in the image (uploads run at once): sent once, then present
+        async with self._locks.setdefault(blob.digest, anyio.Lock()):
+            if blob.digest in self._done:
+                outcome = BlobOutcome(what, blob.digest, blob.size, PRESENT)
+            else:
+                outcome = await self.ensure(blob, layer.chunks, what)
+        self._outcomes[number] = outcome
+        return LayerRecord(await layer.diff_id(), str(blob.digest), layer.history, blob)
+
+    async def add_config(self, blob: Descriptor, data: bytes) -> None:
+        """The image config's blob, after the layers'."""
+
+        def chunks() -> Iterator[Chunk]:
+            yield data
+
+        self._outcomes[0] = await self.ensure(blob, chunks, "config")
+
+    async def ensure(
+        self, blob: Descriptor, chunks: Callable[[], Iterator[Chunk]], what: str
+    ) -> BlobOutcome:
+        """Make ``blob`` present in the repository: HEAD, then a mount, then an upload of
+        what ``chunks()`` gives.
+
+        Raises:
+            RegistryError: the registry refused or went away.
+            ChangedError: the layer's bytes are not the ones described.
+        """
+        digest = str(blob.digest)
+        label = f"{what} {digest}"
+        source: str | None = None
+        if await self._client.has_blob(digest, label):
+            outcome = BlobOutcome(what, blob.digest, blob.size, PRESENT)
+        elif (source := await self._mount(digest, label)) is not None:
+            outcome = BlobOutcome(what, blob.digest, blob.size, MOUNTED, source=source)
+        else:
+            started = time.monotonic()
+            await self._client.upload(digest, blob.size, self._body(blob, chunks, what), label)
+            seconds = time.monotonic() - started
+            outcome = BlobOutcome(what, blob.digest, blob.size, UPLOADED, seconds)
+        self._done.add(blob.digest)
+        return outcome
+
+    async def _mount(self, digest: str, label: str) -> str | None:
+        """Mount ``digest`` from --mount-from's repository, else from those earlier pushes
+        left it in; returns the one it was mounted from, or None."""
+        reference = self._client.reference
+        sources = [self._mount_from] if self._mount_from is not None else []
+        if self._seen is not None:
+            seen = await anyio.to_thread.run_sync(
+                self._seen.sources,
+                reference.registry,
+                digest,
+                reference.repository,
+                limiter=self._seen_limiter,
+            )
+            sources += [s for s in seen if s in self._seen_sources and s not in sources]
+        for source in sources:
+            if await self._client.mount(digest, source, label):
+                return source
+            if self._seen is not None and source != self._mount_from:
+                await anyio.to_thread.run_sync(
+                    self._seen.forget,
+                    reference.registry,
+                    digest,
+                    source,
+                    limiter=self._seen_limiter,
+                )
+        return None
+
+    async def remember(self) -> None:
+        """The manifest was accepted: its blobs are in this repository, for later pushes
+        to mount from."""
+        if self._seen is None:
+            return
+        reference = self._client.reference
+        digests = [str(outcome.digest) for outcome in self.outcomes]
+        await anyio.to_thread.run_sync(
+            self._seen.remember,
+            reference.registry,
+            reference.repository,
+            digests,
+            limiter=self._seen_limiter,
+        )
+
+    def _body(
+        self, blob: Descriptor, chunks: Callable[[], Iterator[Chunk]], what: str
+    ) -> Callable[[], AsyncGenerator[bytes, None]]:
+        """The factory of the upload's body: each attempt reads the blob anew."""
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            blocks = _blocks(chunks())
+            sent = 0
+            try:
+                while block := await anyio.to_thread.run_sync(next, blocks, b""):
+                    sent += len(block)
+                    if sent > blob.size:
+                        break
+                    self.written += len(block)
+                    yield block
+            finally:
+                await anyio.to_thread.run_sync(blocks.close)
+            if sent != blob.size:
+                raise ChangedError(f"{what}: {blob.size} bytes hashed but {sent} read to send")
+
+        return body
+
+
+async def push_image(
+    image: Image, client: RegistryClient, blobs: RegistryBlobs, docker: bool
+) -> Pushed:
+    """Push ``image`` to ``client``'s repository: layers, config, then the manifest (a
+    Docker v2 schema 2 one if ``docker``, else OCI) under the reference's tag or digest.
+
+    Raises:
+        StreamImageError: any failure; the manifest is then not put, nothing is tagged.
+    """
+    reference = client.reference
+    await client.ping()
+    records = await image.write_layers(blobs, at_once=UPLOADS_AT_ONCE)
+    config_json = image.config_json(records)
+    config = Descriptor.of(MEDIA_TYPE_DOCKER_CONFIG if docker else MEDIA_TYPE_CONFIG, config_json)
+    layers = [record.blob for record in records if record.blob is not None]
+    await blobs.add_config(config, config_json)
+    if docker:
+        try:
+            manifest = docker_distribution_manifest(config, layers)
+        except ValueError as exc:
+            raise RegistryError(f"{client.name}: {exc}") from None
+        media_type = MEDIA_TYPE_DOCKER_MANIFEST
+    else:
+        manifest, media_type = oci_manifest(config, layers), MEDIA_TYPE_MANIFEST
+    digest = Digest.of(manifest)
+    if reference.digest is not None and reference.digest != str(digest):
+        raise RegistryError(
+            f"{reference}: the image's manifest is {digest}, not the digest asked for"
+        )
+    await client.put_manifest(media_type, manifest, reference.manifest_reference)
+    await blobs.remember()
+    return Pushed(str(reference), digest, blobs.outcomes)
