@@ -321,7 +321,12 @@ async def _push(
     try:
         async with client:
             blobs = RegistryBlobs(
-                client, target.mount_from, image.layers, seen, seen_sources=seen_sources
+                client,
+                target.mount_from,
+                image.layers,
+                seen,
+                seen_sources=seen_sources,
+                progress=image.build.progress,
             )
             tg.start_soon(reporter.show_progress, [blobs])
             return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)

@@ -232,6 +232,30 @@ def test_a_repush_of_an_unchanged_image_uploads_no_blob(
     assert result.stderr.count(" skipped (present)\n") == len(heads)
 
 
+def progress_lines(stderr: str) -> list[str]:
+    """The progress line's plain records (``--progress always`` off a terminal)."""
+    return [line for line in stderr.splitlines() if line.startswith("layer ")]
+
+
+def test_the_progress_line_counts_only_the_bytes_to_send(
+    server: RegistryServer, fixture_store: FixtureStore
+) -> None:
+    # a blob the registry has leaves the total: a re-push has nothing to send, and says
+    # so (not "0 B of 30 KiB" for ever); a first push reaches its total
+    root = fixture_store.get("basic").root
+    reference = f"{server.host}/{REPO}:progress"
+    first = push(root, reference, "--progress", "always", "--no-cache")
+    pushed(first)
+    *_, last = progress_lines(first.stderr)
+    assert "100%" in last
+    assert " 0 B/0 B " not in last  # the layers were sent: the total is theirs
+    again = push(root, reference, "--progress", "always", "--no-cache")
+    pushed(again)
+    *_, last = progress_lines(again.stderr)
+    assert " 0 B/0 B " in last
+    assert "100%" in last
+
+
 def _store_opens_runner(log: Path) -> list[str]:
     """streamimage under a Python audit hook that logs every store file opened (forked
     hash workers inherit it): what read layer bytes. Small files are opened by name in a

@@ -21,7 +21,7 @@ from anyio.from_thread import check_cancelled
 
 from streamimage.engine.framing import Chunk, read_pieces
 from streamimage.errors import ChangedError, RegistryError
-from streamimage.image import Image
+from streamimage.image import Image, Progress
 from streamimage.imagejson import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_DOCKER_CONFIG,
@@ -113,8 +113,10 @@ class RegistryBlobs:
         layers: Sequence[Layer],
         seen: SeenBlobs | None = None,
         seen_sources: Sequence[str] = (),
+        progress: Progress | None = None,
     ) -> None:
         self._client = client
+        self._progress = progress  # told of each layer blob not sent: it leaves the total
         self._mount_from = mount_from
         self._seen = seen
         self._seen_sources = set(seen_sources)  # those the push's auth was scoped for
@@ -150,6 +152,8 @@ class RegistryBlobs:
                 outcome = BlobOutcome(what, blob.digest, blob.size, PRESENT)
             else:
                 outcome = await self.ensure(blob, layer.chunks, what)
+        if outcome.action != UPLOADED and self._progress is not None:
+            self._progress.skip(blob.size)
         self._outcomes[number] = outcome
         return LayerRecord(await layer.diff_id(), str(blob.digest), layer.history, blob)
 
@@ -233,7 +237,12 @@ class RegistryBlobs:
     ) -> Callable[[], AsyncGenerator[bytes, None]]:
         """The factory of the upload's body: each attempt reads the blob anew."""
 
+        counted = 0  # of an attempt before: taken back, or a retry shows 100 % too soon
+
         async def body() -> AsyncGenerator[bytes, None]:
+            nonlocal counted
+            self.written -= counted
+            counted = 0
             blocks = _blocks(chunks())
             sent = 0
             try:
@@ -242,6 +251,7 @@ class RegistryBlobs:
                     if sent > blob.size:
                         break
                     self.written += len(block)
+                    counted += len(block)
                     yield block
             finally:
                 await anyio.to_thread.run_sync(blocks.close)
