@@ -23,7 +23,7 @@ import pytest
 from streamimage.engine import framing
 from streamimage.engine.framing import Chunk, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
-from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES
+from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES, STREAM_RATE
 from streamimage.engine.spool import (
     PIECE,
     Segment,
@@ -417,6 +417,23 @@ def test_a_large_layer_is_hashed_in_two_processes(
         one = run(store, "-v", *args)
         assert one.stdout == split.stdout, args
         assert not any(source.endswith("processes") for source in layer_sources(one.stderr))
+
+
+@pytest.mark.parametrize("before", ["nothing-big", "a-big-file"])
+def test_a_large_layer_the_stream_reaches_late_is_hashed_by_one_process(
+    store: Store, two_path_layer: list[str], before: str
+) -> None:
+    # nixpkgs puts its largest layer near the end: while the stream gets through the
+    # layers before it, a lone pass has time, and a split would only take the second
+    # core from the passes the stream needs first
+    if before == "a-big-file":
+        with (store.root / store.layers[0][0] / "big.bin").open("wb") as file:
+            file.truncate(int(STREAM_RATE))  # a second of streaming (sparse: cheap here)
+        store.write_conf()
+    result = run(store, "-v")
+    assert result.returncode == 0, result.stderr
+    split = layer_sources(result.stderr)[store.layers.index(two_path_layer)]
+    assert split.endswith("hashed in 2 processes") == (before == "nothing-big")
 
 
 @pytest.mark.parametrize("half", [0, 1], ids=["head", "helper"])

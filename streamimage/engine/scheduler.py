@@ -31,7 +31,7 @@ from streamimage.engine.hashing import LayerHash, hash_layer, hash_layer_head
 from streamimage.engine.pipeline import grow_pipe
 from streamimage.engine.spool import SpoolBudget, SpooledPart, SpoolFile, spool_part
 from streamimage.engine.timeline import Timeline
-from streamimage.engine.walk import LayerPart, split_walk
+from streamimage.engine.walk import LayerPart, file_bytes, split_walk
 from streamimage.engine.workers import SHARED, run_in_child
 from streamimage.options import Compression
 from streamimage.tarheader import HeaderEncoder
@@ -39,6 +39,14 @@ from streamimage.tarheader import HeaderEncoder
 SPLIT_MIN_ENTRIES = 4096  # a layer with fewer is framed by one process: a second costs more
 THREAD_MAX_ENTRIES = 512  # a layer with fewer is hashed in a thread: a fork costs more
 HEAD_SHARE = 0.4  # of a split layer's entries, framed by the head (it also hashes the rest)
+# What a split is weighed with (measured on benchmarks' default and nixpkgs corpora, 2 cores:
+# a lone pass of 50k-54k entries and 0.5-0.9 GB took 1.9-2.0 s; the stream reached a layer
+# after 0.35 GB/s of the layers before it): a split costs CPU (a second spool written and
+# read), which pays only when the stream would otherwise wait for much of a lone pass.
+PASS_PER_ENTRY = 40e-6  # seconds a lone hash pass takes per entry (bytes folded in)
+STREAM_RATE = 350e6  # bytes per second the stream gets through the layers before
+STREAM_PER_ENTRY = 15e-6  # seconds per entry of the layers before
+SPLIT_WAIT = 0.5  # split when the stream reaches a layer before this share of a lone pass
 
 
 @dataclass(slots=True)
@@ -92,6 +100,8 @@ class HashPass:
         self._budget = spool
         self._cache = cache
         self._plans: dict[int, tuple[int, int, tuple[str, ...]]] = {}  # split_walk's, by layer
+        self._lone: set[int] = set()  # large layers hashed by one process (_lone_passes)
+        self._lone_known = anyio.Event()
 
     def timeline(self, index: int) -> Timeline:
         """When layer ``index``'s passes ran (its stream pass's times are the caller's)."""
@@ -121,6 +131,32 @@ class HashPass:
             self._plans[index] = plan
         for index in sorted(rest, key=lambda index: -self._plans[index][0]):
             self._start_pass(tg, index)
+        try:
+            if self.splittable():  # meanwhile: a large layer's head waits for it
+                self._lone = await anyio.to_thread.run_sync(self._lone_passes)
+        finally:
+            self._lone_known.set()
+
+    def _lone_passes(self) -> set[int]:
+        """The large layers better hashed by one process: those the stream reaches after
+        more than SPLIT_WAIT of a lone pass, busy with the layers before (whose big files
+        are counted: an lstat each, for the layers of few entries only). nixpkgs' largest
+        layer comes near the end: there a split only took both cores from the layers the
+        stream needed first (3.79 s against 3.54 s unsplit); a large layer near the
+        beginning is split (3.36 s against 3.71 s)."""
+        lone: set[int] = set()
+        reached = 0.0  # seconds until the stream reaches the layer
+        for index, paths in enumerate(self._layers):
+            plan = self._plans.get(index)  # the first layer's: its pass's, if done yet
+            entries = (plan or split_walk(paths, HEAD_SHARE))[0]
+            lone_pass = entries * PASS_PER_ENTRY
+            if entries >= SPLIT_MIN_ENTRIES:
+                if index > 0 and reached >= SPLIT_WAIT * lone_pass:
+                    lone.add(index)
+                reached += lone_pass  # its bytes unknown: as long as its own pass
+            else:
+                reached += file_bytes(paths) / STREAM_RATE + entries * STREAM_PER_ENTRY
+        return lone
 
     def _start_pass(self, tg: TaskGroup, index: int) -> None:
         # The limiter lets tasks in as they queued; a split pass's helper queues right
@@ -215,7 +251,10 @@ class HashPass:
                 else:
                     started = time.time()
                     entries, at, place = await self._plan(index)
-                    if entries < SPLIT_MIN_ENTRIES or at >= len(self._layers[index]):
+                    if entries >= SPLIT_MIN_ENTRIES and index > 0:
+                        await self._lone_known.wait()
+                    lone = entries < SPLIT_MIN_ENTRIES or index in self._lone
+                    if lone or at >= len(self._layers[index]):
                         split.prepared.set()  # the helper is not needed
                         await self._hash_whole(index, entries)
                     else:

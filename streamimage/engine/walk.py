@@ -274,6 +274,32 @@ def count_below(path: str) -> dict[str, int]:
     return below
 
 
+def file_bytes(store_paths: Sequence[str]) -> int:
+    """The bytes of the regular files at or below ``store_paths``, never following a
+    symlink: an lstat each (scandir's), for layers of few entries (their big files
+    dominate how long they take to stream). Anything that can't be read counts 0: the
+    walk will say what is wrong with it."""
+    total = 0
+    pending = [str(PurePosixPath(path)) for path in store_paths]
+    while pending:
+        path = pending.pop()
+        try:
+            if os.path.islink(path):
+                continue
+            if not os.path.isdir(path):
+                total += os.lstat(path).st_size
+                continue
+            with os.scandir(path) as listing:
+                for item in listing:
+                    if item.is_dir(follow_symlinks=False):
+                        pending.append(item.path)
+                    elif item.is_file(follow_symlinks=False):
+                        total += item.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total
+
+
 def place_of(store_path: str, index: int, below: dict[str, int]) -> Cut:
     """The place of the walk's entry number ``index`` (0: below the store path's first),
     from ``count_below``'s counts.
