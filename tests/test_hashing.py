@@ -20,11 +20,13 @@ from pathlib import Path
 import anyio
 import pytest
 
+from streamimage.engine.cache import KeyContext, LayerCache, open_cache
 from streamimage.engine.compress import gzip_bytes
 from streamimage.engine.framing import Chunk, FileSpan, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, digest_chunks, hash_layer, read_ahead
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import SpoolBudget, SpoolFile
+from streamimage.engine.timeline import Timeline
 from streamimage.engine.walk import FileIdentity, walk_store_path
 from streamimage.imagejson import Digest
 from streamimage.options import GZIP_LEVELS, UNCOMPRESSED, Compression
@@ -314,11 +316,18 @@ def test_read_ahead_stops_its_thread_and_closes_its_source_when_the_consumer_lea
     assert source.closed
 
 
-async def test_the_first_layer_then_the_layers_of_most_entries_hash_first(
-    tmp_path: Path,
-) -> None:
-    # nixpkgs orders layers by popularity: its largest (a Python env) comes near the end;
-    # its pass must not start last. With one worker, the passes run in the order started.
+async def passes_started(layers: list[list[str]], cache: LayerCache | None = None) -> list[int]:
+    """The order the passes of ``layers`` began in, with one worker (the order started)."""
+    hashes = HashPass(layers, ENCODER, UNCOMPRESSED, workers=1, processes=False, cache=cache)
+    async with anyio.create_task_group() as tg:
+        hashes.start(tg)
+        for index in range(len(layers)):
+            await hashes.result(index)
+    return sorted(range(len(layers)), key=lambda i: hashes.timeline(i).hash_start)
+
+
+@pytest.fixture
+def sized_layers(tmp_path: Path) -> list[list[str]]:
     sizes = [3, 5, 400, 2, 60]  # entries below each store path, by layer
     layers = []
     for n, count in enumerate(sizes):
@@ -327,12 +336,28 @@ async def test_the_first_layer_then_the_layers_of_most_entries_hash_first(
         for i in range(count):
             (path / f"f{i}").write_bytes(b"x")
         layers.append([str(path)])
-    hashes = HashPass(layers, ENCODER, UNCOMPRESSED, workers=1, processes=False)
-    async with anyio.create_task_group() as tg:
-        hashes.start(tg)
-        for index in range(len(layers)):
-            await hashes.result(index)
-    started = sorted(range(len(layers)), key=lambda i: hashes.timeline(i).hash_start)
-    assert started == [0, 2, 4, 1, 3]
-    expected = [hash_layer(paths, ENCODER, UNCOMPRESSED, None) for paths in layers]
-    assert [hashes.known(i).diff_id for i in range(len(layers))] == [e.diff_id for e in expected]
+    return layers
+
+
+async def test_the_first_layer_then_the_layers_of_most_entries_hash_first(
+    sized_layers: list[list[str]],
+) -> None:
+    # nixpkgs orders layers by popularity: its largest (a Python env) comes near the end;
+    # its pass must not start last.
+    assert await passes_started(sized_layers) == [0, 2, 4, 1, 3]
+
+
+async def test_layers_the_cache_holds_are_looked_up_in_the_streams_order(
+    sized_layers: list[list[str]], tmp_path: Path
+) -> None:
+    # a lookup is a walk, not a hash pass: in the stream's order the stream starts at once
+    layers = sized_layers
+    context = KeyContext(0, 0, "root", "root", 1, UNCOMPRESSED)
+    cache = LayerCache(open_cache(str(tmp_path / "cache")), context, processes=False)
+    try:
+        for index in (1, 3):  # held: 1 and 3; the others are misses, most entries first
+            found = hash_layer(layers[index], ENCODER, UNCOMPRESSED, None)
+            await cache.remember(layers[index], found, Timeline(), time.time() + 10)
+        assert await passes_started(layers, cache) == [0, 1, 3, 2, 4]
+    finally:
+        cache.close()

@@ -250,9 +250,22 @@ class LayerCache:
                 self.close()
                 raise
 
-    async def lookup(self, store_paths: Sequence[str], timeline: Timeline) -> LayerHash | None:
+    async def holds(self, store_paths: Sequence[str]) -> bool:
+        """Whether the cache has an entry for the layer of ``store_paths``, whatever its
+        fingerprint: a lookup that will likely hit (a walk, not a hash pass)."""
+        key = self._context.key(store_paths)
+        try:
+            return await self._call(lambda db: db.get(key)) is not None
+        except CacheUnavailable:
+            return False
+
+    async def lookup(
+        self, store_paths: Sequence[str], timeline: Timeline, *, small: bool = False
+    ) -> LayerHash | None:
         """The layer's digests if the cache has them for the store as it is now, with the
-        witness of that walk for its stream pass; None: hash it (``timeline`` says why)."""
+        witness of that walk for its stream pass; None: hash it (``timeline`` says why).
+        A ``small`` layer is walked in a thread even with worker processes (a fork costs
+        more than its walk)."""
         key = self._context.key(store_paths)
         try:
             entry = await self._call(lambda db: db.get(key))
@@ -261,7 +274,7 @@ class LayerCache:
         if entry is None:
             timeline.cache = "miss (new key)"
             return None
-        if self._processes:  # lstat-bound Python: away from the stream pass's GIL
+        if self._processes and not small:  # lstat-bound Python: away from the stream's GIL
             witness = await run_in_child(witness_of, store_paths)
         else:
             witness = await anyio.to_thread.run_sync(witness_of, store_paths)

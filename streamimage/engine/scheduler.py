@@ -129,8 +129,19 @@ class HashPass:
         )
         for index, plan in zip(rest, plans, strict=True):
             self._plans[index] = plan
+        # Layers the digest cache holds (a walk each, likely no hash pass) in the stream's
+        # order, so that a warm run streams from the start; then the rest, most entries
+        # first (a lookup of all hundred layers of a nixpkgs image, largest first, kept
+        # the stream waiting for layer 2 until the end: 4.7 s warm against 3.8 cold).
+        held = set()
+        if self._cache is not None:
+            held = {index for index in rest if await self._cache.holds(self._layers[index])}
+        for index in rest:
+            if index in held:
+                self._start_pass(tg, index)
         for index in sorted(rest, key=lambda index: -self._plans[index][0]):
-            self._start_pass(tg, index)
+            if index not in held:
+                self._start_pass(tg, index)
         try:
             if self.splittable():  # meanwhile: a large layer's head waits for it
                 self._lone = await anyio.to_thread.run_sync(self._lone_passes)
@@ -207,7 +218,9 @@ class HashPass:
             return False
         timeline = self._slots[index].timeline
         timeline.hash_start = time.monotonic()
-        found = await self._cache.lookup(self._layers[index], timeline)
+        plan = self._plans.get(index)
+        small = plan is not None and plan[0] < THREAD_MAX_ENTRIES
+        found = await self._cache.lookup(self._layers[index], timeline, small=small)
         if found is None:
             return False
         self._finish(index, found)
