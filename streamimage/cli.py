@@ -15,13 +15,11 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
-import httpx
 import platformdirs
 
 from streamimage import __version__
@@ -29,7 +27,7 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.destinations.output import check_output_file, open_output
-from streamimage.destinations.registry import Pushed, RegistryBlobs, push_image
+from streamimage.destinations.registry import Pushed, RegistryTarget, push
 from streamimage.engine.pipeline import STDOUT, FdSink, watch_reader
 from streamimage.engine.walk import check_under
 from streamimage.engine.workers import FORK, STOP_SIGNALS, cpu_workers
@@ -47,16 +45,11 @@ from streamimage.options import (
     parse_compression,
     parse_size,
 )
-from streamimage.remote.authn import credentials_for
-from streamimage.remote.client import RegistryClient
 from streamimage.remote.reference import (
-    Reference,
     check_repository,
     is_registry_reference,
     parse_reference,
 )
-from streamimage.remote.seen import SeenBlobs, SeenUnavailable
-from streamimage.remote.transport import RegistryAuth
 from streamimage.report import Reporter
 from streamimage.spec import Conf, parse_conf
 
@@ -71,32 +64,6 @@ class Interrupted(StreamImageError):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.exit_status = 128 + signum
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryTarget:
-    """``-o docker://...``: where to push, and how."""
-
-    reference: Reference
-    tls_verify: bool = True
-    mount_from: str | None = None  # a repository of the same registry that may hold blobs
-
-
-def registry_auth(target: RegistryTarget, mount_sources: Sequence[str]) -> httpx.Auth:
-    """How a push answers the registry's challenges: the credentials found for it where
-    containers/image and Docker keep them (remote/authn.py; none: anonymous), Basic or a
-    Bearer token (remote/transport.py) whose scope is push on the repository and pull on
-    ``mount_sources``, the repositories a blob may be mounted from (--mount-from's, and
-    those earlier pushes went to). Blocking: credential helpers are programs.
-
-    Raises:
-        CredentialsError: an auth file is malformed, or a credential helper failed.
-    """
-    reference = target.reference
-    credentials = credentials_for(reference.registry, reference.repository)
-    return RegistryAuth(
-        reference.registry, reference.repository, credentials, mount_from=mount_sources
-    )
 
 
 def _boolean(text: str) -> bool:
@@ -273,7 +240,8 @@ async def run(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals)
             if target is not None:
-                pushed = await _push(image, target, reporter, tg)
+                tg.start_soon(reporter.show_progress, [])
+                pushed = await push(image, target)
                 written = pushed.uploaded
             elif options.format == FORMAT_OCI_DIR:
                 tg.start_soon(reporter.show_progress, opened if opened is not None else [])
@@ -295,44 +263,6 @@ async def run(
     finally:
         if base is not None:
             base.close()
-
-
-async def _push(
-    image: Image, target: RegistryTarget, reporter: Reporter, tg: anyio.abc.TaskGroup
-) -> Pushed:
-    """Push ``image`` to ``target``, mounting from where --mount-from and earlier pushes
-    (remembered beside the digest cache) say the blobs are."""
-    options = image.build.options
-    reference = target.reference
-    seen = None
-    seen_sources: list[str] = []
-    if options.cache_dir is not None:
-        try:
-            seen = await anyio.to_thread.run_sync(SeenBlobs.open, options.cache_dir)
-            seen_sources = await anyio.to_thread.run_sync(
-                seen.recent_repositories, reference.registry, reference.repository
-            )
-        except SeenUnavailable as exc:
-            reporter.warn(f"{exc}: no mounts from earlier pushes")
-    mount_sources = [target.mount_from] if target.mount_from is not None else []
-    mount_sources += [s for s in seen_sources if s not in mount_sources]
-    auth = await anyio.to_thread.run_sync(registry_auth, target, mount_sources)
-    client = RegistryClient(reference, auth=auth, tls_verify=target.tls_verify)
-    try:
-        async with client:
-            blobs = RegistryBlobs(
-                client,
-                target.mount_from,
-                image.layers,
-                seen,
-                seen_sources=seen_sources,
-                progress=image.build.progress,
-            )
-            tg.start_soon(reporter.show_progress, [blobs])
-            return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
-    finally:
-        if seen is not None:
-            seen.close()
 
 
 def _leaf(error: BaseException) -> BaseException:

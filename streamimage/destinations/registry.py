@@ -34,8 +34,12 @@ from streamimage.imagejson import (
     oci_manifest,
 )
 from streamimage.layers import BASE, Layer
+from streamimage.options import FORMAT_DOCKER
+from streamimage.remote.authn import credentials_for
 from streamimage.remote.client import RegistryClient
-from streamimage.remote.seen import SeenBlobs
+from streamimage.remote.reference import Reference
+from streamimage.remote.seen import SeenBlobs, SeenUnavailable
+from streamimage.remote.transport import RegistryAuth
 
 # Uploads at once: one upload waits on round trips (POST, PATCH's answer, PUT) and on its
 # layer's reads; a few keep a link to a remote registry busy meanwhile (docker pushes 5
@@ -293,3 +297,73 @@ async def push_image(
     await client.put_manifest(media_type, manifest, reference.manifest_reference)
     await blobs.remember()
     return Pushed(str(reference), digest, blobs.outcomes)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryTarget:
+    """``-o docker://...``: where to push, and how."""
+
+    reference: Reference
+    tls_verify: bool = True
+    mount_from: str | None = None  # a repository of the same registry that may hold blobs
+
+
+def registry_auth(target: RegistryTarget, mount_sources: Sequence[str]) -> RegistryAuth:
+    """How a push answers the registry's challenges: the credentials found for it where
+    containers/image and Docker keep them (remote/authn.py; none: anonymous), Basic or a
+    Bearer token (remote/transport.py) whose scope is push on the repository and pull on
+    ``mount_sources``, the repositories a blob may be mounted from (--mount-from's, and
+    those earlier pushes went to). Blocking: credential helpers are programs.
+
+    Raises:
+        CredentialsError: an auth file is malformed, or a credential helper failed.
+    """
+    reference = target.reference
+    credentials = credentials_for(reference.registry, reference.repository)
+    return RegistryAuth(
+        reference.registry, reference.repository, credentials, mount_from=mount_sources
+    )
+
+
+async def push(image: Image, target: RegistryTarget) -> Pushed:
+    """Push ``image`` to ``target``, mounting from where --mount-from and earlier pushes
+    (remembered beside the digest cache) say the blobs are; the bytes uploaded count on
+    the image's progress.
+
+    Raises:
+        RegistryError, AuthError, CredentialsError: the registry, its auth or the
+            credentials failed (one line each).
+        ChangedError: a layer's bytes were not the ones described.
+    """
+    progress = image.build.progress
+    options = image.build.options
+    reference = target.reference
+    seen = None
+    seen_sources: list[str] = []
+    if options.cache_dir is not None:
+        try:
+            seen = await anyio.to_thread.run_sync(SeenBlobs.open, options.cache_dir)
+            seen_sources = await anyio.to_thread.run_sync(
+                seen.recent_repositories, reference.registry, reference.repository
+            )
+        except SeenUnavailable as exc:
+            progress.warn(f"{exc}: no mounts from earlier pushes")
+    mount_sources = [target.mount_from] if target.mount_from is not None else []
+    mount_sources += [s for s in seen_sources if s not in mount_sources]
+    auth = await anyio.to_thread.run_sync(registry_auth, target, mount_sources)
+    client = RegistryClient(reference, auth=auth, tls_verify=target.tls_verify)
+    try:
+        async with client:
+            blobs = RegistryBlobs(
+                client,
+                target.mount_from,
+                image.layers,
+                seen,
+                seen_sources=seen_sources,
+                progress=progress,
+            )
+            progress.watch(blobs)
+            return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
+    finally:
+        if seen is not None:
+            seen.close()
