@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from streamimage.destinations.registry import MOUNTED, PRESENT, UPLOADED, Pushed
 from streamimage.engine.timeline import Timeline
 from streamimage.image import Meter
 from streamimage.layers import Layer
 from streamimage.progressline import RateWindow, Snapshot, render
+
+if TYPE_CHECKING:  # httpx (120 ms of import) only for pushes
+    from streamimage.destinations.registry import Pushed
 
 REFRESH = 0.2  # seconds between two redraws of the live line on a terminal
 PLAIN_EVERY = 5.0  # seconds between two progress lines off a terminal (a log, a file)
@@ -198,6 +200,8 @@ class Reporter:
     def pushed(self, pushed: Pushed) -> None:
         """After a push: with -v each blob's outcome (present: skipped, mounted, uploaded:
         bytes and rate), then the counts and the manifest's digest."""
+        from streamimage.destinations.registry import MOUNTED, PRESENT, UPLOADED
+
         if self._verbose:
             for blob in pushed.blobs:
                 said = "skipped (present)" if blob.action == PRESENT else blob.action

@@ -81,3 +81,16 @@ def test_the_shipped_example_is_the_references_image() -> None:
     actual = storegen.run_tool(storegen.tool_cmd(), EXAMPLE, cwd=REPO)
     assert expected.returncode == actual.returncode == 0
     assert actual.stdout == expected.stdout
+
+
+def test_the_command_line_imports_no_http_client_until_a_push() -> None:
+    # httpx and the registry client take ~120 ms to import, about half of the command's
+    # start: a run writing a file or stdout must not pay it (benchmarks.layers counts it)
+    probe = (
+        "import sys, streamimage.cli; print(sorted(m for m in sys.modules"
+        " if m.startswith(('httpx', 'streamimage.remote.client'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.strip() == "[]"
