@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import storegen
 from tests.conftest import FixtureStore
 from tests.daemons import RegistryServer, Request
-from tests.test_push import blob_uploads, manifest_puts
+from tests.test_push import blob_uploads, manifest_puts, push
 from tests.test_registry_auth import (
     PASSWORD,
     USER,
@@ -39,13 +38,6 @@ def auth_file(directory: Path, host: str, user: str, password: str) -> dict[str,
     return {"REGISTRY_AUTH_FILE": str(path), "HOME": str(directory)}
 
 
-def push(root: Path, reference: str, env: dict[str, str], *args: str) -> storegen.ToolResult:
-    """A push with the environment ``env`` (TLS unchecked: the registry's CA is the test's)."""
-    target = ["-o", f"docker://{reference}", "--tls-verify=false", *args]
-    cmd = storegen.tool_cmd()
-    return storegen.run_tool(cmd, storegen.CONF_NAME, cwd=root, args=target, env=env)
-
-
 def patches(server: RegistryServer) -> list[Request]:
     """The requests that sent a blob's bytes."""
     return [r for r in server.requests() if r.method == "PATCH"]
@@ -56,13 +48,13 @@ def test_a_push_to_a_registry_behind_htpasswd_uses_the_auth_file(
 ) -> None:
     root = fixture_store.get("basic").root
     host = htpasswd_registry.host
-    good = push(root, f"{host}/team/app:1", auth_file(tmp_path, host, USER, PASSWORD))
+    good = push(root, f"{host}/team/app:1", env=auth_file(tmp_path, host, USER, PASSWORD))
     assert good.returncode == 0, good.stderr
     puts = manifest_puts(htpasswd_registry.requests())
     assert [r.status for r in puts] == [201]
     # wrong credentials: one line naming the registry, exit 1, no secret, no new tag
     (tmp_path / "wrong").mkdir()
-    bad = push(root, f"{host}/team/app:2", auth_file(tmp_path / "wrong", host, USER, WRONG))
+    bad = push(root, f"{host}/team/app:2", env=auth_file(tmp_path / "wrong", host, USER, WRONG))
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
     assert lines[-1].startswith("streamimage: error: ")
@@ -82,11 +74,11 @@ def test_a_push_with_bearer_tokens_mounts_from_another_repository(
     root = fixture_store.get("basic").root
     host = token_registry.host
     env = auth_file(tmp_path, host, USER, PASSWORD)
-    first = push(root, f"{host}/base/one:1", env)
+    first = push(root, f"{host}/base/one:1", env=env)
     assert first.returncode == 0, first.stderr
     uploads = len(patches(token_registry))
     assert uploads > 0
-    second = push(root, f"{host}/team/app:1", env, "--mount-from", "base/one", "--no-cache")
+    second = push(root, f"{host}/team/app:1", "--mount-from", "base/one", "--no-cache", env=env)
     assert second.returncode == 0, second.stderr
     # every blob mounted: no upload more; the token asked for covers the mount's source
     assert len(patches(token_registry)) == uploads

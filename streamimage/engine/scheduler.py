@@ -201,6 +201,7 @@ class HashPass:
         plan = self._plans.get(index)
         if plan is None:
             plan = await anyio.to_thread.run_sync(split_walk, self._layers[index], HEAD_SHARE)
+            self._plans[index] = plan  # _lone_passes counts the first layer with it
         return plan
 
     async def _hash(self, index: int) -> None:
