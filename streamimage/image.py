@@ -12,6 +12,7 @@ the layers it wrote, so they describe exactly the bytes written.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Protocol
 import anyio
 
 from streamimage.engine.cache import CacheUnavailable, KeyContext, LayerCache, open_cache
+from streamimage.engine.frames import FRAMES_DIR, FrameStore
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import spool_budget
 from streamimage.engine.timeline import Timeline
@@ -151,7 +153,10 @@ class Image:
         context = KeyContext(
             conf.uid, conf.gid, conf.uname, conf.gname, conf.mtime, options.compression
         )
-        return LayerCache(db, context, processes=options.hash_in_processes)
+        # frames are kept of uncompressed spools only (a compressed one is the whole blob)
+        keeps = not options.compression.enabled and options.spool_max > 0
+        frames = FrameStore(os.path.join(options.cache_dir, FRAMES_DIR)) if keeps else None
+        return LayerCache(db, context, processes=options.hash_in_processes, frames=frames)
 
     @property
     def timelines(self) -> list[Timeline]:

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 
 from streamimage.engine.cache import DATABASE, RACY_SECONDS, KeyContext, LayerCache, open_cache
+from streamimage.engine.frames import MIN_ENTRIES
 from streamimage.engine.hashing import hash_layer
 from streamimage.engine.timeline import Timeline
 from streamimage.options import UNCOMPRESSED
 from streamimage.tarheader import HeaderEncoder
 from tests import storegen
-from tests.failures import Store, assert_run_failed, make_store, tool_env
+from tests.failures import Store, add_entries, assert_run_failed, make_store, tool_env
 
 CACHE_ON = {"STREAMIMAGE_NO_CACHE": ""}  # conftest turns it off for every other test
 
@@ -36,6 +37,8 @@ ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
 
 def aged_store(parent: Path) -> Store:
     built = make_store(parent)
+    # enough entries in the first layer for its spool to be kept (frames.MIN_ENTRIES)
+    add_entries(built.root / built.layers[0][0] / "many", MIN_ENTRIES)
     built.write_conf()
     time.sleep(RACY_SECONDS + 0.2)  # old enough to be cached (see the module docstring)
     return built
@@ -247,7 +250,7 @@ async def test_the_racy_rule_keeps_what_changed_just_before(
         hit = await cache.lookup(paths, Timeline())
         assert (hit is not None) == stored
         if hit is not None:
-            assert (hit.diff_id, hit.size) == (found.diff_id, found.size)
+            assert (hit.found.diff_id, hit.found.size) == (found.diff_id, found.size)
     finally:
         cache.close()
 

@@ -14,7 +14,9 @@ An entry whose store changed less than RACY_SECONDS before its hash pass began i
 stored ("racily clean", as git calls it): a file rewritten within one tick of a coarse
 file system clock keeps its stat. Each row carries a checksum of its fields, so a damaged
 database gives misses, not wrong digests.
-Rule 2: the cache is never a reason to fail: a database that can't be opened, read or
+Rule 2: a large layer's spool is kept beside its entry (frames.py), for a warm run to copy
+instead of framing the layer again; kept frames are used with their entry only.
+Rule 3: the cache is never a reason to fail: a database that can't be opened, read or
 written (missing, read-only, locked, corrupt, of another version) is a warning and a run
 without it.
 """
@@ -35,8 +37,9 @@ import anyio
 import anyio.to_thread
 
 from streamimage.engine.compress import library_version
+from streamimage.engine.frames import MIN_ENTRIES, Frames, FrameStore
 from streamimage.engine.framing import witness_of
-from streamimage.engine.hashing import LayerHash
+from streamimage.engine.hashing import LayerHash, Spooled
 from streamimage.engine.timeline import Timeline
 from streamimage.engine.workers import run_in_child
 from streamimage.imagejson import Digest
@@ -224,16 +227,33 @@ def open_cache(directory: str) -> DigestCache:
     return DigestCache(os.path.join(directory, DATABASE))
 
 
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """A layer found in the cache: its digests, and its kept frames' spool files, opened
+    (the caller closes them), if it has kept frames."""
+
+    found: LayerHash
+    spool_fds: tuple[int, ...] = ()
+
+
 class LayerCache:
     """The digest cache as the hash passes use it: asked before a layer's pass (a hit needs
-    a walk of the store, no hash), told its digests after. Every database call runs in a
-    worker thread, one at a time; the first failure turns the cache off for the run and
-    is kept in ``warning``."""
+    a walk of the store, no hash), told its digests (and given its spool to keep) after.
+    Every database call runs in a worker thread, one at a time; the first failure turns
+    the cache off for the run and is kept in ``warning``."""
 
-    def __init__(self, db: DigestCache, context: KeyContext, *, processes: bool) -> None:
+    def __init__(
+        self,
+        db: DigestCache,
+        context: KeyContext,
+        *,
+        processes: bool,
+        frames: FrameStore | None = None,
+    ) -> None:
         self._db: DigestCache | None = db
         self._context = context
         self._processes = processes
+        self._frames = frames
         self._lock = anyio.Lock()
         self.warning: str | None = None
 
@@ -261,11 +281,11 @@ class LayerCache:
 
     async def lookup(
         self, store_paths: Sequence[str], timeline: Timeline, *, small: bool = False
-    ) -> LayerHash | None:
+    ) -> CacheHit | None:
         """The layer's digests if the cache has them for the store as it is now, with the
-        witness of that walk for its stream pass; None: hash it (``timeline`` says why).
-        A ``small`` layer is walked in a thread even with worker processes (a fork costs
-        more than its walk)."""
+        witness of that walk for its stream pass and its kept frames, if any; None: hash
+        it (``timeline`` says why). A ``small`` layer is walked in a thread even with
+        worker processes (a fork costs more than its walk), and has no kept frames."""
         key = self._context.key(store_paths)
         try:
             entry = await self._call(lambda db: db.get(key))
@@ -274,27 +294,47 @@ class LayerCache:
         if entry is None:
             timeline.cache = "miss (new key)"
             return None
-        if self._processes and not small:  # lstat-bound Python: away from the stream's GIL
-            witness = await run_in_child(witness_of, store_paths)
-        else:
-            witness = await anyio.to_thread.run_sync(witness_of, store_paths)
+        frames: Frames | None = None
+        if self._frames is not None and not small:
+            load = self._frames.load
+            frames = await anyio.to_thread.run_sync(
+                load, key, entry.fingerprint, str(entry.diff_id)
+            )
+        try:
+            if self._processes and not small:  # lstat-bound Python: away from the stream's GIL
+                witness = await run_in_child(witness_of, store_paths)
+            else:
+                witness = await anyio.to_thread.run_sync(witness_of, store_paths)
+        except BaseException:
+            if frames is not None:
+                frames.close()
+            raise
         if witness.digest() != entry.fingerprint:
+            if frames is not None:
+                frames.close()
             timeline.cache = "miss (fingerprint changed)"
             return None
+        if frames is None and self._frames is not None and len(witness) >= MIN_ENTRIES:
+            # hashed again, for its frames to be kept: framing it again would cost as much
+            # (its hash pass runs ahead, in a worker), and the next run can copy them
+            timeline.cache = "miss (no kept frames)"
+            return None
         timeline.cache = "hit"
-        return LayerHash(
-            entry.diff_id, entry.size, entry.blob_digest, entry.blob_size, witness, None
+        spooled = None if frames is None else Spooled(frames.segments, frames.size, kept=True)
+        found = LayerHash(
+            entry.diff_id, entry.size, entry.blob_digest, entry.blob_size, witness, spooled
         )
+        return CacheHit(found, () if frames is None else frames.fds)
 
     async def remember(
         self, store_paths: Sequence[str], found: LayerHash, timeline: Timeline, started: float
-    ) -> None:
+    ) -> bool:
         """Keep the digests a hash pass found, with the fingerprint of what it walked,
         unless the store changed less than RACY_SECONDS before ``started`` (time.time()
-        when the pass began) or after it."""
+        when the pass began) or after it. Returns whether they were kept."""
         if found.witness.newest_ctime_ns >= (started - RACY_SECONDS) * 1e9:
             timeline.cache = f"{timeline.cache or 'miss'}, not stored (the store just changed)"
-            return
+            return False
         key = self._context.key(store_paths)
         entry = CachedDigests(
             found.witness.digest(), found.diff_id, found.size, found.blob_digest, found.blob_size
@@ -302,8 +342,35 @@ class LayerCache:
         try:
             await self._call(lambda db: db.put(key, entry))
         except CacheUnavailable:
-            return
+            return False
         timeline.cache = f"{timeline.cache or 'miss'}, stored"
+        return True
+
+    def keeps_frames(self, found: LayerHash) -> bool:
+        """Whether the spool of a layer hashed as ``found`` (and remembered) is worth
+        keeping: whole, uncompressed, of MIN_ENTRIES entries or more."""
+        spooled = found.spooled
+        return (
+            self._frames is not None
+            and spooled is not None
+            and not spooled.compressed
+            and not spooled.kept
+            and len(found.witness) >= MIN_ENTRIES
+        )
+
+    def keep_frames(self, store_paths: Sequence[str], found: LayerHash, fds: Sequence[int]) -> None:
+        """Keep the spool files ``fds`` of a layer that ``remember`` kept (keeps_frames):
+        blocking, run it in a thread; never fails."""
+        assert self._frames is not None
+        assert found.spooled is not None
+        key = self._context.key(store_paths)
+        fingerprint = found.witness.digest()
+        self._frames.save(key, fingerprint, str(found.diff_id), fds, found.spooled.segments)
+
+    def drop_frames(self, store_paths: Sequence[str]) -> None:
+        """Remove the kept frames of the layer of ``store_paths`` (found damaged)."""
+        if self._frames is not None:
+            self._frames.drop(self._context.key(store_paths))
 
     def close(self) -> None:
         if self._db is not None:

@@ -102,6 +102,7 @@ class HashPass:
         self._plans: dict[int, tuple[int, int, tuple[str, ...]]] = {}  # split_walk's, by layer
         self._lone: set[int] = set()  # large layers hashed by one process (_lone_passes)
         self._lone_known = anyio.Event()
+        self._tg: TaskGroup | None = None  # start's: where spools are kept (_keep)
 
     def timeline(self, index: int) -> Timeline:
         """When layer ``index``'s passes ran (its stream pass's times are the caller's)."""
@@ -117,6 +118,7 @@ class HashPass:
         layers of most entries first, so that the longest passes don't start last and keep
         the stream waiting: nixpkgs orders layers by popularity (glibc first), and its
         largest layer (a Python or Node environment) comes near the end."""
+        self._tg = tg
         if self._layers:
             self._start_pass(tg, 0)
         if len(self._layers) > 1:
@@ -221,17 +223,42 @@ class HashPass:
         timeline.hash_start = time.monotonic()
         plan = self._plans.get(index)
         small = plan is not None and plan[0] < THREAD_MAX_ENTRIES
-        found = await self._cache.lookup(self._layers[index], timeline, small=small)
-        if found is None:
+        hit = await self._cache.lookup(self._layers[index], timeline, small=small)
+        if hit is None:
             return False
-        self._finish(index, found)
+        self._slots[index].spool_fds.extend(hit.spool_fds)  # kept frames: released as a spool
+        self._finish(index, hit.found)
         return True
 
     async def _remember(self, index: int, started: float) -> None:
+        """Tell the cache what the pass found; the spool of a layer it keeps is kept too,
+        in a task of its own (copies of the spool fds: the stream pass releases them)."""
+        cache, slot = self._cache, self._slots[index]
+        if cache is None:
+            return
+        found = slot.result
+        assert found is not None
+        paths = self._layers[index]
+        if not await cache.remember(paths, found, slot.timeline, started):
+            return
+        if cache.keeps_frames(found) and slot.spool_fds and self._tg is not None:
+            fds = [os.dup(fd) for fd in slot.spool_fds]
+            self._tg.start_soon(self._keep, cache, paths, found, fds)
+
+    @staticmethod
+    async def _keep(
+        cache: LayerCache, paths: Sequence[str], found: LayerHash, fds: list[int]
+    ) -> None:
+        try:
+            await anyio.to_thread.run_sync(cache.keep_frames, paths, found, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def drop_frames(self, index: int) -> None:
+        """Remove layer ``index``'s kept frames (found damaged while streamed)."""
         if self._cache is not None:
-            slot = self._slots[index]
-            assert slot.result is not None
-            await self._cache.remember(self._layers[index], slot.result, slot.timeline, started)
+            self._cache.drop_frames(self._layers[index])
 
     def _open_spool(self, index: int, part: int = 0) -> SpoolFile | None:
         """A spool for layer ``index``'s pass (part 1: a split pass's helper), or None."""

@@ -40,6 +40,7 @@ class Segment:
     size: int
     span: FileSpan | None = None  # set: the content of this file instead of spooled bytes
     file: int = 0  # which of the layer's spool files: 0 its own, 1 its helper's (a split pass)
+    crc: int | None = None  # zlib.crc32 of its spooled bytes, in kept frames (frames.py)
 
 
 Segments = tuple[Segment, ...]

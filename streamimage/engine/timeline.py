@@ -18,5 +18,6 @@ class Timeline:
     stream_start: float = 0.0
     stream_end: float = 0.0
     spooled: int | None = None  # bytes the stream pass copied from the spool; None: framed
+    kept: bool = False  # that spool was kept frames of an earlier run (frames.py)
     parts: int = 1  # processes that framed the layer in its hash pass
     cache: str | None = None  # what the digest cache said: hit, miss (why), stored; None: off

@@ -3,7 +3,9 @@
 ASYNC at its digests (they wait for the layer's hash pass), blocking in its chunks.
 Rule: every entry streamed is held to what the hash pass saw (its Witness), walked again
 from the store before the bytes that frame it go out, copied from the spool or framed
-again; a layer that streams other entries, or fewer, fails with a ChangedError.
+again; a layer that streams other entries, or fewer, fails with a ChangedError. The one
+exception: a layer copied from kept frames (a digest cache hit, frames.py), whose entries
+the cache's lookup has just walked; its large files are still held to their identity.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+from streamimage.engine.frames import FramesDamaged, frames_chunks
 from streamimage.engine.framing import Chunk, layer_chunks
 from streamimage.engine.hashing import LayerHash
 from streamimage.engine.scheduler import HashPass
@@ -73,6 +76,8 @@ class StoreLayer(Layer):
         spooled = found.spooled
         if spooled is None or spooled.compressed or not self._hashes.spool_fds(self._index):
             return self._framed(found)
+        if spooled.kept:
+            return self._kept(found)
         return self._copied(found)
 
     def compressed_chunks(self, compression: Compression) -> Iterator[Chunk] | None:
@@ -111,6 +116,22 @@ class StoreLayer(Layer):
         found.witness.rewind()  # a stream pass again (a retried upload) starts over
         yield from spooled_chunks(fds, found.spooled.segments, self.history, self._on_entry(found))
         found.witness.check_complete(self._label())
+
+    def _kept(self, found: LayerHash) -> Iterator[Chunk]:
+        """Copied from the frames an earlier run kept, each piece held to its crc32."""
+        assert found.spooled is not None
+        self._timeline.spooled = found.spooled.size
+        self._timeline.kept = True
+        fds = self._hashes.spool_fds(self._index)
+        counted = 0
+        try:
+            for chunk, entries in frames_chunks(fds, found.spooled.segments, self._label()):
+                self._counter.files += entries - counted
+                counted = entries
+                yield chunk
+        except FramesDamaged:
+            self._hashes.drop_frames(self._index)  # the next run frames the layer again
+            raise
 
     def _label(self) -> str:
         return (

@@ -1,0 +1,308 @@
+"""Kept frames: a large layer's spool, kept beside the digest cache, so that a warm run
+copies the layer's headers and small files instead of framing them again from the store.
+
+IO: files in ``CACHE_DIR/frames``: for each kept layer a recipe ``KEY.json`` (the layer's
+segments: where each piece of its tar is, in the spool files or, for a large file, in the
+store) and the spool files it names ``KEY.TOKEN.N`` (linked from the run's spool when on
+the same file system, else copied).
+Rule 1: kept frames are used only with their digest cache entry: the recipe names the
+fingerprint and diff_id it was framed with, and the cache's lookup has just walked the
+store and found that fingerprint (every entry's lstat). A warm layer's entries are walked
+once, by that lookup; its large files are held to their identity when sent, as always.
+Rule 2: damage never makes a wrong image: the recipe carries a checksum of itself, each
+spool file its size, each piece a crc32 checked as it is read; a damaged recipe or a
+missing or short file is a miss (the layer is framed again), a piece that fails its crc32
+fails the run (``FramesDamaged``) after removing the layer's frames, so that the next run
+frames it again.
+Rule 3: writers never change a file in place: a new spool file has a name of its own, a
+recipe is replaced by rename; a reader keeps the files it opened. Frames not used for
+KEEP_SECONDS are pruned, and the least recently used beyond MAX_BYTES.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from streamimage.engine.framing import Chunk, FileSpan
+from streamimage.engine.spool import Segment, Segments
+from streamimage.engine.walk import FileIdentity
+from streamimage.errors import ChangedError
+
+FRAMES_DIR = "frames"
+MIN_ENTRIES = 512  # a layer of fewer entries frames again in milliseconds: not kept
+MAX_BYTES = 4 * 1024**3  # bytes of spool files kept, the least recently used pruned first
+KEEP_SECONDS = 30 * 24 * 3600  # as the digest cache's entries
+ORPHAN_SECONDS = 3600  # a spool file no recipe names is removed after this (a writer's, until)
+VERSION = 1
+COPY_SIZE = 8 * 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class FramesDamaged(ChangedError):
+    """A kept spool file doesn't hold what its recipe says (the frames were removed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A layer's kept frames, opened: its spool files and segments (each piece's crc32)."""
+
+    fds: tuple[int, ...]
+    segments: Segments
+    size: int  # bytes in the spool files
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _checksum(document: dict[str, object]) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _segment_row(segment: Segment) -> list[object]:
+    span = segment.span
+    if span is None:
+        return [segment.entries, segment.offset, segment.size, segment.file, segment.crc]
+    return [segment.entries, span.path, *span.identity]
+
+
+def _integers(values: Sequence[object]) -> list[int]:
+    """Raises: ValueError: one is not an int (JSON numbers only: no bool, no text)."""
+    if not all(type(value) is int for value in values):
+        raise ValueError("not a segment")
+    return [int(str(value)) for value in values]
+
+
+def _segment_of(row: Sequence[object]) -> Segment:
+    """Raises: ValueError: not a row _segment_row writes."""
+    if len(row) == 5:
+        entries, offset, size, file, crc = _integers(row)
+        return Segment(entries, offset, size, None, file, crc)
+    if len(row) != 2 + len(FileIdentity._fields) or not isinstance(row[1], str):
+        raise ValueError("not a segment")
+    entries, *stat = _integers([row[0], *row[2:]])
+    identity = FileIdentity(*stat)
+    return Segment(entries, 0, identity.size, FileSpan(row[1], identity.size, identity))
+
+
+class FrameStore:
+    """The kept frames in ``directory`` (the digest cache's ``frames`` directory)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def _recipe(self, key: str) -> str:
+        return os.path.join(self.directory, f"{key}.json")
+
+    def load(self, key: str, fingerprint: str, diff_id: str) -> Frames | None:
+        """The frames kept for ``key`` at ``fingerprint`` and ``diff_id``, opened; None if
+        there are none, or they don't fit (damaged, short, of another store)."""
+        try:
+            with open(self._recipe(key), "rb") as file:
+                document = json.loads(file.read())
+            checksum = document.pop("checksum")
+            if _checksum(document) != checksum or document["version"] != VERSION:
+                return None
+            if (document["fingerprint"], document["diff_id"]) != (fingerprint, diff_id):
+                return None
+            segments = tuple(_segment_of(row) for row in document["segments"])
+            names, sizes = document["files"], document["sizes"]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+        fds: list[int] = []
+        try:
+            for name, size in zip(names, sizes, strict=True):
+                if os.path.basename(name) != name or not name.startswith(key):
+                    return None
+                fds.append(os.open(os.path.join(self.directory, name), _OPEN_FLAGS))
+                if os.fstat(fds[-1]).st_size != size:
+                    return None
+            with contextlib.suppress(OSError):
+                os.utime(self._recipe(key))  # used now: the last to be pruned
+            frames = Frames(tuple(fds), segments, sum(sizes))
+            fds = []
+            return frames
+        except (OSError, ValueError, TypeError):
+            return None
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def save(
+        self, key: str, fingerprint: str, diff_id: str, fds: Sequence[int], segments: Segments
+    ) -> None:
+        """Keep a layer's spool files ``fds`` and ``segments`` (a hash pass's, whole) as
+        the frames of ``key``; never fails (frames are an optimisation).
+
+        Blocking: links (or copies) the spool files, reads them once for the crc32s."""
+        with contextlib.suppress(OSError):
+            self._save(key, fingerprint, diff_id, fds, segments)
+            self.prune()
+
+    def _save(
+        self, key: str, fingerprint: str, diff_id: str, fds: Sequence[int], segments: Segments
+    ) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        token = secrets.token_hex(8)
+        names = [f"{key}.{token}.{n}" for n in range(len(fds))]
+        try:
+            for fd, name in zip(fds, names, strict=True):
+                _link_or_copy(fd, os.path.join(self.directory, name))
+            rows = [
+                _segment_row(s if s.span is not None else _with_crc(fds[s.file], s))
+                for s in segments
+            ]
+            sizes = [os.fstat(fd).st_size for fd in fds]
+            document: dict[str, object] = {
+                "version": VERSION,
+                "fingerprint": fingerprint,
+                "diff_id": diff_id,
+                "files": names,
+                "sizes": sizes,
+                "segments": rows,
+            }
+            document["checksum"] = _checksum(document)
+            staged = os.path.join(self.directory, f".{key}.{token}.json")
+            with open(staged, "x") as file:
+                json.dump(document, file, separators=(",", ":"))
+            replaced = self._names(key)
+            os.replace(staged, self._recipe(key))
+        except BaseException:
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, name))
+            raise
+        for name in replaced:  # the frames this recipe replaced (a reader keeps its fds)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.directory, name))
+
+    def _names(self, key: str) -> list[str]:
+        """The spool files the recipe of ``key`` names now (none if it can't be read)."""
+        try:
+            with open(self._recipe(key), "rb") as file:
+                names = json.loads(file.read())["files"]
+            return [n for n in names if isinstance(n, str) and os.path.basename(n) == n]
+        except (OSError, ValueError, TypeError, KeyError):
+            return []
+
+    def drop(self, key: str) -> None:
+        """Remove the frames of ``key`` (found damaged)."""
+        names = self._names(key)
+        with contextlib.suppress(OSError):
+            os.unlink(self._recipe(key))
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.directory, name))
+
+    def prune(self) -> None:
+        """Remove frames unused for KEEP_SECONDS, then the least recently used beyond
+        MAX_BYTES, and spool files no recipe names (after ORPHAN_SECONDS)."""
+        now = time.time()
+        used: dict[str, float] = {}  # key -> when its recipe was last used
+        others: dict[str, os.stat_result] = {}
+        with os.scandir(self.directory) as listing:
+            for item in listing:
+                with contextlib.suppress(OSError):
+                    st = item.stat(follow_symlinks=False)
+                    if item.name.endswith(".json") and not item.name.startswith("."):
+                        used[item.name[: -len(".json")]] = st.st_mtime
+                    else:
+                        others[item.name] = st
+        sizes = dict.fromkeys(used, 0)
+        named = {name: key for key in used for name in self._names(key)}
+        for name, st in others.items():
+            if name in named:
+                sizes[named[name]] += st.st_size
+            elif now - st.st_mtime > ORPHAN_SECONDS:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, name))
+        total = sum(sizes.values())
+        for key in sorted(used, key=used.__getitem__):  # least recently used first
+            if now - used[key] > KEEP_SECONDS or total > MAX_BYTES:
+                self.drop(key)
+                total -= sizes[key]
+
+
+def _with_crc(fd: int, segment: Segment) -> Segment:
+    return Segment(
+        segment.entries, segment.offset, segment.size, None, segment.file, _crc(fd, segment)
+    )
+
+
+def _crc(fd: int, segment: Segment) -> int:
+    data = os.pread(fd, segment.size, segment.offset)
+    if len(data) != segment.size:
+        raise OSError(errno.EIO, "the spool is shorter than written")
+    return zlib.crc32(data)
+
+
+def _link_or_copy(fd: int, path: str) -> None:
+    """Give the spool file ``fd`` the name ``path``: a link where it can be (an O_TMPFILE
+    file on the same file system), else a copy.
+
+    Raises:
+        OSError: neither can be made.
+    """
+    with contextlib.suppress(OSError):
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+        return
+    size = os.fstat(fd).st_size
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        offset = 0
+        while offset < size:
+            data = os.pread(fd, min(COPY_SIZE, size - offset), offset)
+            if not data:
+                raise OSError(errno.EIO, "the spool is shorter than written")
+            os.pwrite(out, data, offset)  # a short write on a full disk: ENOSPC next time
+            offset += len(data)
+    except BaseException:
+        os.close(out)
+        os.unlink(path)
+        raise
+    os.close(out)
+
+
+def frames_chunks(
+    fds: Sequence[int], segments: Segments, label: str
+) -> Iterator[tuple[Chunk, int]]:
+    """The chunks of a layer from its kept frames, each with the entries framed up to its
+    end: the spooled pieces, read back and held to their crc32, and large files' spans.
+
+    Raises:
+        FramesDamaged: a piece isn't what was kept.
+    """
+    for segment in segments:
+        if segment.span is not None:
+            yield segment.span, segment.entries
+            continue
+        try:
+            data = _read_all(fds[segment.file], segment)
+        except OSError as exc:
+            raise FramesDamaged(f"{label}: its kept frames can't be read: {exc}") from None
+        if zlib.crc32(data) != segment.crc:
+            raise FramesDamaged(
+                f"{label}: its kept frames are damaged (at byte {segment.offset} of spool file "
+                f"{segment.file}); they were removed: run again"
+            )
+        yield data, segment.entries
+
+
+def _read_all(fd: int, segment: Segment) -> bytes:
+    data = os.pread(fd, segment.size, segment.offset)
+    while len(data) < segment.size:
+        more = os.pread(fd, segment.size - len(data), segment.offset + len(data))
+        if not more:
+            raise OSError(errno.EIO, "shorter than kept")
+        data += more
+    return data

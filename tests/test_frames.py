@@ -1,0 +1,281 @@
+"""Kept frames: a warm run copies a large layer's headers and small files from the spool an
+earlier run kept, instead of reading them from the store again; damaged or stale frames
+never give a wrong image.
+
+Oracle: the image of the same store with --no-cache (test_cache.oracle). The stale-store
+cases (a file changed in place, replaced, a store path recreated, entries added or removed)
+run in test_cache.py, whose stores have a layer large enough to keep frames of.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from streamimage.engine import frames
+from streamimage.engine.frames import FramesDamaged, FrameStore, frames_chunks
+from streamimage.engine.spool import Segment
+from tests import storegen
+from tests.failures import Store, assert_run_failed, tool_env
+from tests.test_cache import CACHE_ON, aged_store, image, oracle, run
+
+KEPT = "kept frames"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """A store for the tests that don't change it (each has a cache of its own)."""
+    return aged_store(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return aged_store(tmp_path / "store")
+
+
+def timeline(stderr: bytes) -> list[str]:
+    """-v's line of each store layer."""
+    return [line for line in stderr.decode().splitlines() if line.startswith("  layer ")]
+
+
+def kept_files(cache: Path) -> list[Path]:
+    """The spool files kept in ``cache``."""
+    return sorted(p for p in (cache / frames.FRAMES_DIR).iterdir() if not p.name.endswith(".json"))
+
+
+@pytest.mark.parametrize("args", [[], ["--format", "oci"]], ids=["docker", "oci"])
+def test_a_warm_run_copies_the_kept_frames_and_gives_the_same_bytes(
+    shared: Store, tmp_path: Path, args: list[str]
+) -> None:
+    cache = tmp_path / "cache"
+    cold = run(shared, cache, *args)
+    assert cold.returncode == 0, cold.stderr
+    assert KEPT not in cold.stderr.decode()
+    assert len(kept_files(cache)) == 1  # the first layer's spool: the only large one
+    warm = run(shared, cache, *args)
+    assert warm.returncode == 0, warm.stderr
+    lines = timeline(warm.stderr)
+    assert KEPT in lines[0]
+    assert all(KEPT not in line for line in lines[1:])  # small layers: framed again
+    assert cold.stdout == warm.stdout == oracle(shared, *args)
+
+
+def _small_file_opens_runner(log: Path) -> list[str]:
+    """streamimage with every worker a thread, under an audit hook that logs each store
+    file opened by a bare name (as the walk opens a file in its directory's fd)."""
+    code = (
+        "import os, sys\n"
+        f"log = open({str(log)!r}, 'a')\n"
+        "def hook(event, args):\n"
+        "    if event == 'open' and isinstance(args[0], str) and args[0].startswith('f0'):\n"
+        "        log.write(args[0] + '\\n'); log.flush()\n"
+        "sys.addaudithook(hook)\n"
+        "from streamimage.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def test_a_warm_run_reads_no_small_file_of_a_kept_layer(shared: Store, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    logs = [tmp_path / "cold.log", tmp_path / "warm.log"]
+    outputs = []
+    for log in logs:
+        log.touch()
+        result = _run_logged(shared, cache, log)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    # add_entries' files (f00000, ...) are all small: read cold, not warm
+    assert len(logs[0].read_text().splitlines()) >= frames.MIN_ENTRIES
+    assert logs[1].read_text() == ""
+    assert outputs[0] == outputs[1] == oracle(shared)
+
+
+def _run_logged(store: Store, cache: Path, log: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            *_small_file_opens_runner(log),
+            storegen.CONF_NAME,
+            "-v",
+            "--hash-in",
+            "thread",
+            "--cache-dir",
+            str(cache),
+        ],
+        cwd=store.root,
+        env=tool_env(CACHE_ON),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_damaged_kept_spool_fails_once_then_frames_again(store: Store, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    expected = oracle(store)
+    image(store, cache)
+    (spool,) = kept_files(cache)
+    size = spool.stat().st_size
+    with spool.open("r+b") as file:  # the same size, other bytes
+        file.seek(size // 2)
+        file.write(bytes(64))
+    output = tmp_path / "image.tar"
+    damaged = run(store, cache, "-o", str(output))
+    line = assert_run_failed(damaged, 1, store.layers[0][0], "kept frames are damaged")
+    assert "run again" in line
+    assert not output.exists()
+    assert not (cache / frames.FRAMES_DIR / spool.name).exists()  # removed
+    again = run(store, cache)  # hashed again, and its frames kept again
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == expected
+    assert "cache miss (no kept frames), stored" in timeline(again.stderr)[0]
+    third = run(store, cache)
+    assert KEPT in timeline(third.stderr)[0]
+    assert third.stdout == expected
+
+
+@pytest.mark.parametrize("damage", ["truncated", "removed", "recipe-garbage", "recipe-edited"])
+def test_kept_frames_that_dont_fit_are_a_miss_not_a_failure(
+    store: Store, tmp_path: Path, damage: str
+) -> None:
+    cache = tmp_path / "cache"
+    expected = oracle(store)
+    image(store, cache)
+    (spool,) = kept_files(cache)
+    (recipe,) = (cache / frames.FRAMES_DIR).glob("*.json")
+    if damage == "truncated":
+        os.truncate(spool, spool.stat().st_size - 1)
+    elif damage == "removed":
+        spool.unlink()
+    elif damage == "recipe-garbage":
+        recipe.write_bytes(os.urandom(recipe.stat().st_size))
+    else:  # a segment's offset moved, the checksum left as it was
+        document = json.loads(recipe.read_text())
+        first = next(row for row in document["segments"] if len(row) == 5)
+        first[1] += 512
+        recipe.write_text(json.dumps(document))
+    warm = run(store, cache)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout == expected
+    assert "cache miss (no kept frames), stored" in timeline(warm.stderr)[0]
+
+
+def test_frames_of_another_fingerprint_are_not_used(store: Store, tmp_path: Path) -> None:
+    # The kept frames of the layer as it was, put back beside a digest entry of the layer
+    # as it is now: the recipe names the other fingerprint, so they are not copied.
+    cache = tmp_path / "cache"
+    image(store, cache)
+    old = {p.name: p.read_bytes() for p in (cache / frames.FRAMES_DIR).iterdir()}
+    (store.root / store.layers[0][0] / "many" / "d000" / "f00000").write_bytes(b"changed\n")
+    time.sleep(2.1)  # old enough to be stored
+    changed = image(store, cache)[0]
+    for name, data in old.items():
+        (cache / frames.FRAMES_DIR / name).write_bytes(data)
+    warm = run(store, cache)
+    assert warm.returncode == 0, warm.stderr
+    assert "cache miss (no kept frames), stored" in timeline(warm.stderr)[0]
+    assert warm.stdout == changed == oracle(store)
+
+
+def _segments(data: bytes) -> tuple[Segment, ...]:
+    half = len(data) // 2
+    return (
+        Segment(1, 0, half, crc=zlib.crc32(data[:half])),
+        Segment(2, half, len(data) - half, crc=zlib.crc32(data[half:])),
+    )
+
+
+def test_frames_chunks_hold_each_piece_to_its_crc(tmp_path: Path) -> None:
+    data = os.urandom(4096)
+    path = tmp_path / "spool"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pieces = list(frames_chunks([fd], _segments(data), "layer 1"))
+        assert b"".join(p for p, _ in pieces if isinstance(p, bytes)) == data
+        assert [entries for _, entries in pieces] == [1, 2]
+        os.pwrite(os.open(path, os.O_WRONLY), b"x", 3000)
+        with pytest.raises(FramesDamaged, match="layer 1: its kept frames are damaged"):
+            list(frames_chunks([fd], _segments(data), "layer 1"))
+    finally:
+        os.close(fd)
+
+
+def test_a_spool_file_without_a_name_is_copied(tmp_path: Path) -> None:
+    # An unlinked spool (no O_TMPFILE, or another file system) can't be linked: copied.
+    data = os.urandom(10_000)
+    path = tmp_path / "spool"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    path.unlink()
+    try:
+        kept = FrameStore(str(tmp_path / "frames"))
+        segments = _segments(data)
+        kept.save("k" * 64, "fp", "sha256:" + "0" * 64, [fd], segments)
+    finally:
+        os.close(fd)
+    loaded = kept.load("k" * 64, "fp", "sha256:" + "0" * 64)
+    assert loaded is not None
+    try:
+        chunks = frames_chunks(loaded.fds, loaded.segments, "l")
+        assert b"".join(p for p, _ in chunks if isinstance(p, bytes)) == data
+    finally:
+        loaded.close()
+    assert kept.load("k" * 64, "other", "sha256:" + "0" * 64) is None
+
+
+def test_prune_keeps_the_recently_used_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = FrameStore(str(tmp_path / "frames"))
+    data = os.urandom(1000)
+    source = tmp_path / "spool"
+    source.write_bytes(data)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        for n, key in enumerate(("a", "b", "c", "d")):
+            kept.save(key * 64, "fp", "sha256:" + "0" * 64, [fd], _segments(data))
+            recipe = tmp_path / "frames" / f"{key * 64}.json"
+            os.utime(recipe, (1000 + n, time.time() - 100 + n))  # a, then b, c, d used
+    finally:
+        os.close(fd)
+    old = tmp_path / "frames" / f"{'a' * 64}.json"
+    os.utime(old, (0, time.time() - frames.KEEP_SECONDS - 10))  # a: unused for too long
+    orphan = tmp_path / "frames" / ("e" * 64 + ".0123456789abcdef.0")
+    orphan.write_bytes(b"left by a writer that died")
+    os.utime(orphan, (0, time.time() - frames.ORPHAN_SECONDS - 10))
+    monkeypatch.setattr(frames, "MAX_BYTES", 2 * len(data))  # room for two spools
+    kept.prune()
+    left = sorted(p.name[:1] for p in (tmp_path / "frames").iterdir())
+    assert left == ["c", "c", "d", "d"]  # the two most recently used, recipe and spool
+
+
+def test_no_frames_are_kept_without_the_cache(shared: Store, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*storegen.tool_cmd(), storegen.CONF_NAME, "--no-cache"],
+        cwd=shared.root,
+        env=tool_env({**CACHE_ON, "STREAMIMAGE_CACHE_DIR": str(tmp_path / "cache")}),
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("args", [["--spool-max", "0"], ["--compress", "gzip"]])
+def test_runs_that_keep_no_frames_still_hit(shared: Store, tmp_path: Path, args: list[str]) -> None:
+    # Without a spool, or with a compressed one (the whole blob), no frames are kept: a
+    # large layer's entry is a hit without them, not a miss for want of frames.
+    cache = tmp_path / "cache"
+    image(shared, cache, *args)
+    warm, said = image(shared, cache, *args)
+    assert said == ["hit"] * len(shared.layers)
+    assert warm == oracle(shared, *args)
+    assert not (cache / frames.FRAMES_DIR).exists()
