@@ -28,10 +28,11 @@ from anyio.from_thread import check_cancelled
 
 from streamimage.engine.cache import LayerCache
 from streamimage.engine.hashing import LayerHash, hash_layer, hash_layer_head
+from streamimage.engine.listing import file_bytes, split_walk
 from streamimage.engine.pipeline import grow_pipe
 from streamimage.engine.spool import SpoolBudget, SpooledPart, SpoolFile, spool_part
 from streamimage.engine.timeline import Timeline
-from streamimage.engine.walk import LayerPart, file_bytes, split_walk
+from streamimage.engine.walk import LayerPart
 from streamimage.engine.workers import SHARED, run_in_child
 from streamimage.options import Compression
 from streamimage.tarheader import HeaderEncoder
