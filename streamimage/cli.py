@@ -15,7 +15,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -27,6 +27,7 @@ from streamimage.destinations.dockerarchive import write_docker_archive
 from streamimage.destinations.ociarchive import write_oci_archive
 from streamimage.destinations.ocidir import write_oci_dir
 from streamimage.destinations.output import check_output_file, open_output
+from streamimage.destinations.registry import Pushed, RegistryTarget, push
 from streamimage.engine.pipeline import STDOUT, FdSink, watch_reader
 from streamimage.engine.walk import check_under
 from streamimage.engine.workers import FORK, STOP_SIGNALS, cpu_workers
@@ -51,9 +52,6 @@ from streamimage.remote.reference import (
 )
 from streamimage.report import Reporter
 from streamimage.spec import Conf, parse_conf
-
-if TYPE_CHECKING:  # the registry destination imports httpx (120 ms): for pushes only
-    from streamimage.destinations.registry import Pushed, RegistryTarget
 
 CONF_MAX = 64 * 2**20  # bytes: nixpkgs' confs are kilobytes (a conf of 10,000 paths: ~1 MB)
 CACHE_DIR_ENV = "STREAMIMAGE_CACHE_DIR"
@@ -243,8 +241,6 @@ async def run(
             tg.start_soon(_watch_signals)
             if target is not None:
                 tg.start_soon(reporter.show_progress, [])
-                from streamimage.destinations.registry import push
-
                 pushed = await push(image, target)
                 written = pushed.uploaded
             elif options.format == FORMAT_OCI_DIR:
@@ -315,8 +311,6 @@ def _registry_target(args: argparse.Namespace) -> RegistryTarget | None:
     mount_from = args.mount_from
     if mount_from is not None:
         check_repository(mount_from, f"--mount-from {mount_from}")
-    from streamimage.destinations.registry import RegistryTarget  # httpx: for pushes only
-
     return RegistryTarget(reference, args.tls_verify, mount_from)
 
 

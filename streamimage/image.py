@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
 from streamimage.engine.cache import CacheUnavailable, KeyContext, LayerCache, open_cache
 from streamimage.engine.frames import FRAMES_DIR, FrameStore
@@ -139,6 +140,7 @@ class Image:
             spooling = options.spool_max > 0
             layers = [BaseImageLayer(base, x, options.spool_dir, spooling) for x in base.layers]
         self.layers: tuple[Layer, ...] = (*layers, *built)
+        self._started = False  # the hash passes (start)
 
     @staticmethod
     def _open_cache(build: Build) -> LayerCache | None:
@@ -171,11 +173,30 @@ class Image:
             created=conf.created, architecture=conf.architecture, config=config, layers=records
         )
 
+    def start(self, tg: TaskGroup) -> None:
+        """Start the hash passes (and each layer's work ahead) in ``tg`` before
+        ``write_layers``, which then waits for them: a push starts them before it has a
+        registry client. ``close`` the image once ``tg`` is done."""
+        self._hashes.start(tg)
+        for layer in self.layers:
+            tg.start_soon(layer.prepare)
+        self._started = True
+
+    def close(self) -> None:
+        """Close what the hash passes left open (spools) and the digest cache, whose
+        warning, if any, goes to the progress."""
+        self._hashes.close()
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
+            if cache.warning is not None:
+                self.build.progress.warn(cache.warning)
+
     async def write_layers(self, writer: LayerWriter, *, at_once: int = 1) -> list[LayerRecord]:
         """Write every layer through ``writer``, in order and with the reference's lines,
-        while the hash passes run ahead; returns what to say of each layer. With
-        ``at_once`` > 1, up to that many layers are written at the same time (a registry's
-        uploads), started in order.
+        while the hash passes run ahead (started here, unless ``start`` did); returns
+        what to say of each layer. With ``at_once`` > 1, up to that many layers are
+        written at the same time (a registry's uploads), started in order.
 
         Raises:
             StreamImageError: any failure (StoreError, ChangedError, CustomisationError...).
@@ -183,11 +204,11 @@ class Image:
         progress = self.build.progress
         progress.plan(self.layers)
         records: list[LayerRecord] = []
+        started_here = not self._started
         try:
             async with anyio.create_task_group() as tg:
-                self._hashes.start(tg)
-                for layer in self.layers:
-                    tg.start_soon(layer.prepare)
+                if started_here:
+                    self.start(tg)
                 if self.build.base is None:
                     progress.line("No 'fromImage' provided")
                 if at_once > 1:
@@ -201,11 +222,8 @@ class Image:
                         if layer.kind == BASE:
                             progress.line(_announcement(layer, number))
         finally:
-            self._hashes.close()
-            if self._cache is not None:
-                self._cache.close()
-                if self._cache.warning is not None:
-                    progress.warn(self._cache.warning)
+            if started_here:
+                self.close()
         progress.line("Adding manifests...")
         return records
 

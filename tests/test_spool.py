@@ -23,6 +23,7 @@ import pytest
 from streamimage.engine import framing
 from streamimage.engine.framing import Chunk, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
+from streamimage.engine.listing import count_below, place_of
 from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES, STREAM_RATE
 from streamimage.engine.spool import (
     PIECE,
@@ -32,7 +33,7 @@ from streamimage.engine.spool import (
     spool_part,
     spooled_chunks,
 )
-from streamimage.engine.walk import Entry, LayerPart, count_below, place_of
+from streamimage.engine.walk import Entry, LayerPart
 from streamimage.errors import ChangedError, OutputError
 from streamimage.options import UNCOMPRESSED, Options
 from streamimage.tarheader import HeaderEncoder

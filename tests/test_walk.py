@@ -20,14 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamimage.engine.walk import (
-    Entry,
-    LayerPart,
-    count_below,
-    place_of,
-    split_walk,
-    walk_store_path,
-)
+from streamimage.engine.framing import Witness, witness_of
+from streamimage.engine.listing import count_below, fewer_entries, place_of, split_walk
+from streamimage.engine.walk import Entry, FileIdentity, LayerPart, lstats, walk_store_path
 from streamimage.errors import StoreError
 from streamimage.tarheader import DIRTYPE, FIFOTYPE, REGTYPE, SYMTYPE
 
@@ -90,6 +85,38 @@ def test_walk_order_is_pathlib_order(tree: dict[bytes, object]) -> None:
     for entry in walked:
         name = "/" + entry.path.lstrip("/") + ("/" if entry.type == DIRTYPE else "")
         assert entry.name == name
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(trees_=st.lists(st.dictionaries(name_bytes, trees, max_size=6), min_size=1, max_size=3))
+def test_a_lookups_lstats_are_the_walks_identities_and_fingerprint(
+    trees_: list[dict[bytes, object]],
+) -> None:
+    # The digest cache's lookup fingerprints the store from lstats alone: it must see
+    # what a hash pass's walk records, entry for entry, or a hit would never be found
+    # (or worse, a changed store could pass for the one hashed)
+    with tempfile.TemporaryDirectory(prefix="walk-") as store:
+        paths = [os.path.join(store, f"abc-pkg{i}") for i in range(len(trees_))]
+        for path, tree in zip(paths, trees_, strict=True):
+            build(os.fsencode(path), tree)
+        os.symlink("abc-pkg0", os.path.join(store, "abc-link"))  # a store path: one entry
+        paths.append(os.path.join(store, "abc-link"))
+        entries = [entry for path in paths for entry in walk_store_path(path)]
+        stats = [st for path in paths for st in lstats(path)]
+        walked = Witness()
+        for entry in entries:
+            walked.record(entry)
+        looked_up = witness_of(paths)
+        counts = [(limit, fewer_entries(paths, limit)) for limit in range(1, len(entries) + 3)]
+    assert [FileIdentity.of(st) for st in stats] == [entry.identity for entry in entries]
+    assert looked_up.digest() == walked.digest()
+    assert looked_up.newest_ctime_ns == walked.newest_ctime_ns
+    assert counts == [(limit, len(entries) < limit) for limit, _ in counts]
+
+
+def test_a_lookups_walk_refuses_a_missing_path_by_name(store: str) -> None:
+    with pytest.raises(StoreError, match="abc-gone: does not exist"):
+        list(lstats(os.path.join(store, "abc-gone")))
 
 
 def test_kinds_sizes_modes_and_link_targets_are_read_from_lstat(store: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -36,10 +37,12 @@ from streamimage.imagejson import (
 from streamimage.layers import BASE, Layer
 from streamimage.options import FORMAT_DOCKER
 from streamimage.remote.authn import credentials_for
-from streamimage.remote.client import RegistryClient
 from streamimage.remote.reference import Reference
 from streamimage.remote.seen import SeenBlobs, SeenUnavailable
-from streamimage.remote.transport import RegistryAuth
+
+if TYPE_CHECKING:  # httpx: imported by connect, in a thread, while the hash passes run
+    from streamimage.remote.client import RegistryClient
+    from streamimage.remote.transport import RegistryAuth
 
 # Uploads at once: one upload waits on round trips (POST, PATCH's answer, PUT) and on its
 # layer's reads; a few keep a link to a remote registry busy meanwhile (docker pushes 5
@@ -318,11 +321,28 @@ def registry_auth(target: RegistryTarget, mount_sources: Sequence[str]) -> Regis
     Raises:
         CredentialsError: an auth file is malformed, or a credential helper failed.
     """
+    from streamimage.remote.transport import RegistryAuth
+
     reference = target.reference
     credentials = credentials_for(reference.registry, reference.repository)
     return RegistryAuth(
         reference.registry, reference.repository, credentials, mount_from=mount_sources
     )
+
+
+def connect(target: RegistryTarget, mount_sources: Sequence[str]) -> RegistryClient:
+    """The client of ``target``'s repository, its auth as registry_auth makes it. Blocking,
+    for a worker thread: it imports httpx, which imports httpcore (and the async libraries
+    it finds installed) for its first client: 0.2 s here, which a push spends while its
+    hash passes run.
+
+    Raises:
+        CredentialsError: as registry_auth.
+    """
+    from streamimage.remote.client import RegistryClient
+
+    auth = registry_auth(target, mount_sources)
+    return RegistryClient(target.reference, auth=auth, tls_verify=target.tls_verify)
 
 
 async def push(image: Image, target: RegistryTarget) -> Pushed:
@@ -350,20 +370,25 @@ async def push(image: Image, target: RegistryTarget) -> Pushed:
             progress.warn(f"{exc}: no mounts from earlier pushes")
     mount_sources = [target.mount_from] if target.mount_from is not None else []
     mount_sources += [s for s in seen_sources if s not in mount_sources]
-    auth = await anyio.to_thread.run_sync(registry_auth, target, mount_sources)
-    client = RegistryClient(reference, auth=auth, tls_verify=target.tls_verify)
     try:
-        async with client:
-            blobs = RegistryBlobs(
-                client,
-                target.mount_from,
-                image.layers,
-                seen,
-                seen_sources=seen_sources,
-                progress=progress,
-            )
-            progress.watch(blobs)
-            return await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
+        async with anyio.create_task_group() as tg:
+            # the hash passes first (with a warm digest cache: walks of the store, 0.3 s
+            # for the default corpus), so that they run while the client is made
+            image.start(tg)
+            client = await anyio.to_thread.run_sync(connect, target, mount_sources)
+            async with client:
+                blobs = RegistryBlobs(
+                    client,
+                    target.mount_from,
+                    image.layers,
+                    seen,
+                    seen_sources=seen_sources,
+                    progress=progress,
+                )
+                progress.watch(blobs)
+                pushed = await push_image(image, client, blobs, options.format == FORMAT_DOCKER)
+        return pushed
     finally:
+        image.close()
         if seen is not None:
             seen.close()

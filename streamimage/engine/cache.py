@@ -54,6 +54,7 @@ BUSY_TIMEOUT = 2.0  # seconds to wait for another run's write (a write takes mil
 RACY_SECONDS = 2.0  # a store changed this close to its hash pass is not cached (see above)
 KEEP_SECONDS = 30 * 24 * 3600  # entries not used for 30 days are pruned
 KEEP_ENTRIES = 20_000  # and no more than these, the least recently used first
+HELD_BATCH = 500  # keys per query (SQLite before 3.32 takes at most 999 parameters)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -175,6 +176,19 @@ class DigestCache:
             return None  # a damaged row: a miss
         return entry if entry.checksum(key) == checksum else None
 
+    def held(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that have an entry, whatever its fingerprint (not marked used)."""
+        found: set[str] = set()
+        try:
+            for start in range(0, len(keys), HELD_BATCH):
+                batch = keys[start : start + HELD_BATCH]
+                marks = ", ".join("?" * len(batch))
+                rows = self._db.execute(f"SELECT key FROM layers WHERE key IN ({marks})", batch)
+                found.update(str(key) for (key,) in rows)
+        except sqlite3.Error as exc:
+            raise CacheUnavailable(f"{self.path}: {exc}") from None
+        return found
+
     def put(self, key: str, entry: CachedDigests) -> None:
         """Remember ``entry`` under ``key`` (replacing what was there), and prune."""
         now = time.time()
@@ -270,14 +284,16 @@ class LayerCache:
                 self.close()
                 raise
 
-    async def holds(self, store_paths: Sequence[str]) -> bool:
-        """Whether the cache has an entry for the layer of ``store_paths``, whatever its
-        fingerprint: a lookup that will likely hit (a walk, not a hash pass)."""
-        key = self._context.key(store_paths)
+    async def held(self, layers: Sequence[Sequence[str]]) -> set[int] | None:
+        """The indices of the ``layers`` (store paths each) the cache has an entry for,
+        whatever its fingerprint: lookups that will likely hit (a walk, not a hash pass).
+        One query for them all; None: the cache failed (and is off)."""
+        keys = [self._context.key(store_paths) for store_paths in layers]
         try:
-            return await self._call(lambda db: db.get(key)) is not None
+            found = await self._call(lambda db: db.held(keys))
         except CacheUnavailable:
-            return False
+            return None
+        return {index for index, key in enumerate(keys) if key in found}
 
     async def lookup(
         self, store_paths: Sequence[str], timeline: Timeline, *, small: bool = False

@@ -73,13 +73,17 @@ def store_error(path: str, exc: OSError, doing: str) -> StoreError:
     return StoreError(f"{path}: cannot {doing}: {reason}")
 
 
+def _stat_error(path: str, exc: OSError) -> StoreError:
+    if isinstance(exc, FileNotFoundError):
+        return StoreError(f"{path}: does not exist")
+    return store_error(path, exc, "stat")
+
+
 def _entry(path: str, name: str, dir_fd: int | None, base: str) -> Entry:
     try:
         st = os.stat(base, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        raise StoreError(f"{path}: does not exist") from None
     except OSError as exc:
-        raise store_error(path, exc, "stat") from exc
+        raise _stat_error(path, exc) from exc
     mode = st.st_mode
     identity = FileIdentity(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, mode)
     size, linkname, device = 0, "", (0, 0)
@@ -230,6 +234,48 @@ def walk_store_path(
             os.close(dir_fd)
 
 
+def lstats(store_path: str) -> Generator[os.stat_result, None, None]:
+    """The lstat of every entry ``walk_store_path(store_path)`` gives, in its order, and no
+    more: no Entry, no readlink, no check of the entry's kind. What a digest cache lookup
+    fingerprints (FileIdentity's fields of each): 60,032 entries in 0.31 s here, against
+    0.47 s walked (the lstats are 0.2 s of either; the rest is Python's work per entry).
+
+    Raises:
+        StoreError: a path is missing or can't be read.
+    """
+    path = str(PurePosixPath(store_path))
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError as exc:
+        raise _stat_error(path, exc) from exc
+    yield st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    lstat, is_dir = os.stat, stat.S_ISDIR
+    fd, names = _open_directory(path, None, path)
+    stack = [(fd, path, iter(names))]
+    try:
+        while stack:
+            dir_fd, parent_path, children = stack[-1]
+            for child in children:
+                try:
+                    st = lstat(child, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError as exc:
+                    raise _stat_error(f"{parent_path}/{child}", exc) from exc
+                yield st
+                if is_dir(st.st_mode):
+                    child_path = f"{parent_path}/{child}"
+                    fd, names = _open_directory(child_path, dir_fd, child)
+                    stack.append((fd, child_path, iter(names)))
+                    break
+            else:
+                stack.pop()
+                os.close(dir_fd)
+    finally:
+        for dir_fd, *_ in stack:
+            os.close(dir_fd)
+
+
 def _trim(names: list[str], cut: Cut, level: int, from_cut: bool) -> list[str]:
     """The sorted ``names`` of the directory ``cut[:level]`` on the cut's side: from
     ``cut[level]`` on (``from_cut``), or up to it (and it, when it holds more of the cut)."""
@@ -241,110 +287,3 @@ def _trim(names: list[str], cut: Cut, level: int, from_cut: bool) -> list[str]:
     if level + 1 < len(cut):
         return [n for n in names if n <= name]
     return [n for n in names if n < name]
-
-
-def count_below(path: str) -> dict[str, int]:
-    """How many entries each directory at or below ``path`` holds at any depth, from
-    directory listings alone (no lstat: scandir's d_type), never following a symlink.
-    Files are not counted as keys. A directory that can't be listed counts as empty: the
-    walk will say what is wrong with it.
-    """
-    below: dict[str, int] = {path: 0}
-    if os.path.islink(path):  # a store path that is a symlink is archived as one
-        return below
-    order: list[tuple[str, list[str]]] = []  # directories, parents first, and their subdirs
-    pending = [path]
-    while pending:
-        directory = pending.pop()
-        subdirs = []
-        count = 0
-        try:
-            with os.scandir(directory) as listing:
-                for item in listing:
-                    count += 1
-                    if item.is_dir(follow_symlinks=False):
-                        subdirs.append(item.path)
-        except OSError:
-            pass
-        below[directory] = count
-        order.append((directory, subdirs))
-        pending.extend(subdirs)
-    for directory, subdirs in reversed(order):  # children before their parents
-        below[directory] += sum(below[sub] for sub in subdirs)
-    return below
-
-
-def file_bytes(store_paths: Sequence[str]) -> int:
-    """The bytes of the regular files at or below ``store_paths``, never following a
-    symlink: an lstat each (scandir's), for layers of few entries (their big files
-    dominate how long they take to stream). Anything that can't be read counts 0: the
-    walk will say what is wrong with it."""
-    total = 0
-    pending = [str(PurePosixPath(path)) for path in store_paths]
-    while pending:
-        path = pending.pop()
-        try:
-            if os.path.islink(path):
-                continue
-            if not os.path.isdir(path):
-                total += os.lstat(path).st_size
-                continue
-            with os.scandir(path) as listing:
-                for item in listing:
-                    if item.is_dir(follow_symlinks=False):
-                        pending.append(item.path)
-                    elif item.is_file(follow_symlinks=False):
-                        total += item.stat(follow_symlinks=False).st_size
-        except OSError:
-            continue
-    return total
-
-
-def place_of(store_path: str, index: int, below: dict[str, int]) -> Cut:
-    """The place of the walk's entry number ``index`` (0: below the store path's first),
-    from ``count_below``'s counts.
-
-    Raises:
-        IndexError: the store path holds no more than ``index`` entries.
-    """
-    directory, left = str(PurePosixPath(store_path)), index
-    place: list[str] = []
-    while True:
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            names = []
-        for name in names:
-            child = f"{directory}/{name}"
-            if left == 0:
-                return (*place, name)
-            size = 1 + below.get(child, 0)
-            if left < size:
-                place.append(name)
-                directory, left = child, left - 1
-                break
-            left -= size
-        else:
-            raise IndexError(f"{store_path}: fewer than {index + 1} entries")
-
-
-def split_walk(store_paths: Sequence[str], head_share: float) -> tuple[int, int, Cut]:
-    """Where to cut the walk of ``store_paths`` so that about ``head_share`` of its entries
-    come before the cut: the number of entries in all (counted from listings: an estimate
-    if the store changes meanwhile, which the hash pass's witness catches), the index of
-    the store path cut, and the place in it (``()``: at its beginning)."""
-    paths = [str(PurePosixPath(path)) for path in store_paths]
-    belows = [count_below(path) for path in paths]
-    counts = [1 + below[path] for path, below in zip(paths, belows, strict=True)]
-    total = sum(counts)
-    target = round(total * head_share)
-    for index, count in enumerate(counts):
-        if target < count:
-            if target == 0:
-                return total, index, ()
-            try:
-                return total, index, place_of(paths[index], target - 1, belows[index])
-            except IndexError:  # the store path changed since it was counted
-                return total, index, ()
-        target -= count
-    return total, len(store_paths), ()
