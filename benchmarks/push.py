@@ -14,7 +14,7 @@
 # registry spent on it (/proc/PID/stat): what the push costs on the registry's side.
 #
 #   python -m benchmarks.push [--reference PATH] [--corpus DIR | --scale S] [--runs N]
-#       [--si-args="--compress gzip"] [--rows cold,warm] [--work-dir DIR]
+#       [--si-args="--compress gzip"] [--rows "cold|warm|-skopeo"] [--work-dir DIR]
 #       [--baseline-cmd "env PYTHONPATH=/tmp/before python3 -P -m streamimage"] [--json FILE]
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -242,8 +243,14 @@ def rows(args: argparse.Namespace, conf: str, host: str, work: Path) -> list[Row
     for at_once in (1, 3):
         found.append(Row(f"curl: blobs, {at_once} at once", curl(at_once), cold=True, tagged=False))
     if args.rows:
-        wanted = [w.strip() for w in args.rows.split(",") if w.strip()]
-        found = [row for row in found if any(w in row.name for w in wanted)]
+        words = [w.strip() for w in args.rows.split("|") if w.strip()]
+        wanted = [w for w in words if not w.startswith("-")] or [""]
+        unwanted = [w[1:] for w in words if w.startswith("-")]
+        found = [
+            row
+            for row in found
+            if any(w in row.name for w in wanted) and not any(w in row.name for w in unwanted)
+        ]
     return found
 
 
@@ -272,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         help="another streamimage (an A/B): its file, push and re-push rows too, as 'base'",
     )
     parser.add_argument(
-        "--rows", help="only the rows whose names contain one of these (comma-separated)"
+        "--rows",
+        help="only the rows whose names contain one of these words ('|' between them), "
+        "but none of those given with a '-' (e.g. 'push, cold|curl|-skopeo')",
     )
     parser.add_argument(
         "--work-dir",
@@ -281,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    # stopped (timeout, kill): the registry and the work directory still go
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     params = corpus.params_from(args)
     directory = args.corpus or corpus.default_corpus_dir(params)
     info = corpus.ensure_corpus_in_subprocess(directory, params)
