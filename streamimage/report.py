@@ -177,6 +177,8 @@ class Reporter:
             hash_pass = f"{t.hash_start - self._start:7.3f}-{t.hash_end - self._start:7.3f}s"
             stream = f"{t.stream_start - self._start:7.3f}-{t.stream_end - self._start:7.3f}s"
             source = "framed again" if t.spooled is None else f"spool {t.spooled / 1e6:.1f} MB"
+            if t.hashed_as_sent:
+                source = "framed once, hashed as sent"
             if t.parts > 1:
                 source += f", hashed in {t.parts} processes"
             if t.cache is not None:

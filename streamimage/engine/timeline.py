@@ -19,4 +19,5 @@ class Timeline:
     stream_end: float = 0.0
     spooled: int | None = None  # bytes the stream pass copied from the spool; None: framed
     parts: int = 1  # processes that framed the layer in its hash pass
+    hashed_as_sent: bool = False  # no hash pass: hashed by its stream (a push's upload)
     cache: str | None = None  # what the digest cache said: hit, miss (why), stored; None: off
