@@ -5,7 +5,8 @@ ASYNC; knows the order of an image's layers and what the reference prints as eac
 goes out, not where they go (a LayerWriter: destinations/).
 Rule 1: a layer's digests are known before its first byte is written: store layers are
 hashed ahead (the engine's HashPass), the customisation layer is verified, a base layer is
-described when the destination asks (layers/).
+described when the destination asks (layers/); but for a store layer its writer was
+asked to hash as it writes (``start``'s stream_misses: a push to a new repository).
 Rule 2: the image's documents are made from the records the destination returned for
 the layers it wrote, so they describe exactly the bytes written.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -173,11 +174,15 @@ class Image:
             created=conf.created, architecture=conf.architecture, config=config, layers=records
         )
 
-    def start(self, tg: TaskGroup) -> None:
+    def start(
+        self, tg: TaskGroup, *, stream_misses: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
         """Start the hash passes (and each layer's work ahead) in ``tg`` before
         ``write_layers``, which then waits for them: a push starts them before it has a
-        registry client. ``close`` the image once ``tg`` is done."""
-        self._hashes.start(tg)
+        registry client. ``stream_misses``: whether the store layers the digest cache
+        can't give are to be left to their writer to hash (``Layer.streamed``), asked
+        once it can answer. ``close`` the image once ``tg`` is done."""
+        self._hashes.start(tg, stream_misses=stream_misses)
         for layer in self.layers:
             tg.start_soon(layer.prepare)
         self._started = True
@@ -250,7 +255,8 @@ class Image:
 
     async def _write(self, layer: Layer, writer: LayerWriter) -> LayerRecord:
         try:
-            await layer.diff_id()  # hashed, or verified: ready to stream
+            if not await layer.streamed():  # else its writer hashes it
+                await layer.diff_id()  # hashed, or verified: ready to stream
             if layer.timeline is not None:
                 layer.timeline.stream_start = time.monotonic()
             record = await writer.add_layer(layer)

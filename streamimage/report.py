@@ -179,6 +179,8 @@ class Reporter:
             source = "framed again" if t.spooled is None else f"spool {t.spooled / 1e6:.1f} MB"
             if t.kept and t.spooled is not None:
                 source = f"kept frames {t.spooled / 1e6:.1f} MB"
+            if t.hashed_as_sent:
+                source = "framed once, hashed as sent"
             if t.parts > 1:
                 source += f", hashed in {t.parts} processes"
             if t.cache is not None:

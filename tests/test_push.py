@@ -211,6 +211,45 @@ def test_a_repush_of_an_unchanged_image_uploads_no_blob(
     assert result.stderr.count(" skipped (present)\n") == len(heads)
 
 
+HASHED_AS_SENT = "framed once, hashed as sent"
+
+
+def test_a_new_repository_gets_its_store_layers_hashed_as_they_are_sent(
+    tmp_path: Path, server: RegistryServer, fixture_store: FixtureStore, tool_cmd: list[str]
+) -> None:
+    # A new repository holds none of the image's blobs: no hash pass, no HEAD of a store
+    # layer; each is framed once and uploaded as it is hashed (a chunked PATCH), the PUT
+    # naming the digest found, which the registry checks
+    root = fixture_store.get("basic").root
+    reference = f"{server.host}/{REPO}:once"
+    result = push(root, reference, "-v", "--no-cache")
+    pushed(result)
+    store_layers = result.stderr.count("Creating layer") - 1  # not the customisation's
+    assert store_layers >= 1
+    assert result.stderr.count(HASHED_AS_SENT) == store_layers
+    requests = server.requests()
+    heads = [r for r in requests if r.method == "HEAD"]
+    assert len(heads) == 2  # the customisation layer's and the config's, known ahead
+    assert len([r for r in requests if r.method == "PATCH"]) == store_layers + 2
+    archive = build(fixture_store, tool_cmd, "basic")
+    assert pulled_layer_digests(reference, tmp_path) == archive_diff_ids(archive)
+
+
+def test_a_repository_with_a_tag_gets_each_layer_asked_for_first(
+    server: RegistryServer, fixture_store: FixtureStore
+) -> None:
+    # it may hold the blobs (here it holds them all): hashed first, HEADed, none sent
+    root = fixture_store.get("basic").root
+    pushed(push(root, f"{server.host}/{REPO}:first", "--no-cache"))
+    first = len(server.requests())
+    result = push(root, f"{server.host}/{REPO}:second", "-v", "--no-cache")
+    pushed(result)
+    assert HASHED_AS_SENT not in result.stderr
+    again = server.requests()[first:]
+    assert blob_uploads(again) == []
+    assert "0 mounted, 0 uploaded (0 bytes)" in result.stderr
+
+
 def progress_lines(stderr: str) -> list[str]:
     """The progress line's plain records (``--progress always`` off a terminal)."""
     return [line for line in stderr.splitlines() if line.startswith("layer ")]

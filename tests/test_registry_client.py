@@ -45,6 +45,8 @@ class Recorder:
         self.fail = fail or {}
         self.seen: list[str] = []
         self.bodies: list[bytes] = []
+        self.lengths: list[str | None] = []
+        self.encodings: list[str | None] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request.method)
@@ -58,6 +60,8 @@ class Recorder:
             return httpx.Response(202, headers={"Location": "/v2/team/app/blobs/uploads/u1"})
         if request.method == "PATCH":
             self.bodies.append(request.read())
+            self.lengths.append(request.headers.get("Content-Length"))
+            self.encodings.append(request.headers.get("Transfer-Encoding"))
             return httpx.Response(202, headers={"Location": "/v2/team/app/blobs/uploads/u1?s=2"})
         if request.method == "PUT":
             assert request.url.params["digest"] == DIGEST
@@ -72,6 +76,58 @@ async def test_an_upload_is_post_patch_put_with_the_bytes_once() -> None:
         await c.upload(DIGEST, 5, body_of(b"hello"), "layer 1")
     assert registry.seen == ["POST", "PATCH", "PUT"]
     assert registry.bodies == [b"hello"]
+
+
+async def test_a_blob_hashed_as_sent_goes_chunked_and_is_put_with_the_digest_found() -> None:
+    # a streamed layer: its size unknown until sent (no Content-Length: chunked
+    # encoding), its digest asked for once the body is sent, for each attempt anew
+    registry = Recorder({"PATCH 1": httpx.Response(503)})
+    attempts: list[str] = []
+
+    def found() -> str:
+        attempts.append(DIGEST)
+        return DIGEST
+
+    async with client(registry) as c:
+        await c.upload(found, None, body_of(b"hello"), "layer 1")
+    assert registry.seen == ["POST", "PATCH", "POST", "PATCH", "PUT"]
+    assert registry.bodies == [b"hello"]  # the second attempt's, sent whole
+    assert registry.lengths == [None]
+    assert registry.encodings == ["chunked"]
+    assert attempts == [DIGEST]  # after the body that was accepted, not before
+
+
+async def test_a_blob_of_known_size_is_sent_with_its_length() -> None:
+    registry = Recorder()
+    async with client(registry) as c:
+        await c.upload(DIGEST, 5, body_of(b"hello"), "layer 1")
+    assert (registry.lengths, registry.encodings) == (["5"], [None])
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (httpx.Response(200, json={"name": "team/app", "tags": ["v1"]}), True),
+        (httpx.Response(200, json={"name": "team/app", "tags": []}), False),
+        (httpx.Response(200, json={"name": "team/app", "tags": None}), False),
+        (errors(404, "NAME_UNKNOWN", "repository name not known to registry"), False),
+        (errors(403, "DENIED"), None),
+        (httpx.Response(200, content=b"not json"), None),
+        (httpx.Response(503), None),  # every attempt
+    ],
+)
+async def test_a_repository_with_no_tag_is_new_and_one_the_registry_wont_list_may_not_be(
+    answer: httpx.Response, expected: bool | None
+) -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}?{request.url.query.decode()}")
+        return answer
+
+    async with client(handler) as c:
+        assert await c.has_tags() is expected
+    assert asked[0] == "GET /v2/team/app/tags/list?n=1"
 
 
 @pytest.mark.parametrize(

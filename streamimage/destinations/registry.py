@@ -2,15 +2,19 @@
 go-containerregistry's ``remote.Write`` does it.
 
 ASYNC; the layers come from image.Image, the registry is remote.client's.
-Rule 1: every blob is asked for first (HEAD) and sent only if missing: mounted from
+Rule 1: every blob is asked for first (HEAD; Rule 3) and sent only if missing: mounted from
 ``--mount-from``'s repository when the registry has it there, else uploaded, streamed,
 UPLOADS_AT_ONCE at a time; a layer the registry has is never read.
 Rule 2: the manifest is put last, after every blob it names (and the config) is in
 place, so a push that fails, or is stopped, never tags a partial image.
+Rule 3: a store layer whose digest nothing knows yet (the digest cache lacks it) is hashed
+first, so that it can be asked for, unless the repository is new (no tag) and no
+repository could lend a mount: then it is uploaded as it is hashed, in one pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,8 +155,10 @@ class RegistryBlobs:
 
     async def _add_layer(self, layer: Layer) -> LayerRecord:
         number = self._numbers[id(layer)]
-        blob = await layer.descriptor()
         what = f"layer {number}"
+        if await layer.streamed():
+            return await self._add_streamed(layer, number, what)
+        blob = await layer.descriptor()
         # a layer repeated in the image (uploads run at once): sent once, then present
         async with self._locks.setdefault(blob.digest, anyio.Lock()):
             if blob.digest in self._done:
@@ -162,6 +168,21 @@ class RegistryBlobs:
         if outcome.action != UPLOADED and self._progress is not None:
             self._progress.skip(blob.size)
         self._outcomes[number] = outcome
+        return LayerRecord(await layer.diff_id(), str(blob.digest), layer.history, blob)
+
+    async def _add_streamed(self, layer: Layer, number: int, what: str) -> LayerRecord:
+        """A layer nothing hashed ahead (a push to a new repository, which holds none of
+        the image's blobs: a HEAD would say no, a hash pass would only delay the upload):
+        framed once, uploaded as it is hashed, the PUT naming the digest found."""
+        sent = _Sent()
+        started, clock = time.time(), time.monotonic()
+        body = self._body(None, layer.chunks, what, sent)
+        await self._client.upload(lambda: str(sent.digest()), None, body, what)
+        seconds = time.monotonic() - clock
+        await layer.streamed_as(sent.digest(), sent.size, started)
+        blob = await layer.descriptor()
+        self._outcomes[number] = BlobOutcome(what, blob.digest, blob.size, UPLOADED, seconds)
+        self._done.add(blob.digest)
         return LayerRecord(await layer.diff_id(), str(blob.digest), layer.history, blob)
 
     async def add_config(self, blob: Descriptor, data: bytes) -> None:
@@ -191,7 +212,7 @@ class RegistryBlobs:
             outcome = BlobOutcome(what, blob.digest, blob.size, MOUNTED, source=source)
         else:
             started = time.monotonic()
-            await self._client.upload(digest, blob.size, self._body(blob, chunks, what), label)
+            await self._client.upload(digest, blob.size, self._body(blob.size, chunks, what), label)
             seconds = time.monotonic() - started
             outcome = BlobOutcome(what, blob.digest, blob.size, UPLOADED, seconds)
         self._done.add(blob.digest)
@@ -240,32 +261,77 @@ class RegistryBlobs:
         )
 
     def _body(
-        self, blob: Descriptor, chunks: Callable[[], Iterator[Chunk]], what: str
+        self,
+        size: int | None,
+        chunks: Callable[[], Iterator[Chunk]],
+        what: str,
+        sent: _Sent | None = None,
     ) -> Callable[[], AsyncGenerator[bytes, None]]:
-        """The factory of the upload's body: each attempt reads the blob anew."""
+        """The factory of the upload's body: each attempt reads the blob anew, ``size``
+        bytes; None: a streamed layer's, hashed into ``sent`` as it goes."""
 
         counted = 0  # of an attempt before: taken back, or a retry shows 100 % too soon
+        read = next if sent is None else sent.next
 
         async def body() -> AsyncGenerator[bytes, None]:
             nonlocal counted
             self.written -= counted
             counted = 0
+            if sent is not None:
+                sent.reset()  # an attempt hashes from the start
             blocks = _blocks(chunks())
-            sent = 0
+            total = 0
             try:
-                while block := await anyio.to_thread.run_sync(next, blocks, b""):
-                    sent += len(block)
-                    if sent > blob.size:
+                while block := await anyio.to_thread.run_sync(read, blocks, b""):
+                    total += len(block)
+                    if size is not None and total > size:
                         break
                     self.written += len(block)
                     counted += len(block)
                     yield block
             finally:
                 await anyio.to_thread.run_sync(blocks.close)
-            if sent != blob.size:
-                raise ChangedError(f"{what}: {blob.size} bytes hashed but {sent} read to send")
+            if size is not None and total != size:
+                raise ChangedError(f"{what}: {size} bytes hashed but {total} read to send")
 
         return body
+
+
+class _Sent:
+    """What an upload of a streamed layer sent: its sha256 and size (hashed in the worker
+    thread that reads each block: hashlib releases the GIL)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def next(self, blocks: Iterator[bytes], default: bytes) -> bytes:
+        block = next(blocks, default)
+        self._sha.update(block)
+        self.size += len(block)
+        return block
+
+    def digest(self) -> Digest:
+        return Digest(self._sha.hexdigest())
+
+
+class _Answer:
+    """A yes or no given once, which any number of tasks wait for."""
+
+    def __init__(self) -> None:
+        self._given = anyio.Event()
+        self._value = False
+
+    def give(self, value: bool) -> None:
+        self._value = value
+        self._given.set()
+
+    async def wait(self) -> bool:
+        await self._given.wait()
+        return self._value
 
 
 async def push_image(
@@ -278,7 +344,6 @@ async def push_image(
         StreamImageError: any failure; the manifest is then not put, nothing is tagged.
     """
     reference = client.reference
-    await client.ping()
     records = await image.write_layers(blobs, at_once=UPLOADS_AT_ONCE)
     config_json = image.config_json(records)
     config = Descriptor.of(MEDIA_TYPE_DOCKER_CONFIG if docker else MEDIA_TYPE_CONFIG, config_json)
@@ -370,13 +435,21 @@ async def push(image: Image, target: RegistryTarget) -> Pushed:
             progress.warn(f"{exc}: no mounts from earlier pushes")
     mount_sources = [target.mount_from] if target.mount_from is not None else []
     mount_sources += [s for s in seen_sources if s not in mount_sources]
+    new_repository = _Answer()
     try:
         async with anyio.create_task_group() as tg:
             # the hash passes first (with a warm digest cache: walks of the store, 0.3 s
-            # for the default corpus), so that they run while the client is made
-            image.start(tg)
+            # for the default corpus), so that they run while the client is made; those
+            # of layers the cache can't give wait to know whether the registry may hold them
+            image.start(tg, stream_misses=new_repository.wait)
             client = await anyio.to_thread.run_sync(connect, target, mount_sources)
             async with client:
+                await client.ping()
+                # Rule 3: a new repository holds none of the image's blobs, and without a
+                # repository to mount from, each one is to be uploaded: hashing a layer
+                # first would only delay its upload (a cold push: 6.8 s hash first, 5.0 s
+                # in one pass); elsewhere a HEAD may spare an upload (2.6 s, 4.9 s)
+                new_repository.give(not mount_sources and await client.has_tags() is False)
                 blobs = RegistryBlobs(
                     client,
                     target.mount_from,

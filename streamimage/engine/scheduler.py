@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -67,6 +67,7 @@ class _Slot:
     """One layer's pass: its result once done, and its spool files until released."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
+    decided: anyio.Event = field(default_factory=anyio.Event)  # done, or left to its stream
     result: LayerHash | None = None
     spool_fds: list[int] = field(default_factory=list)
     timeline: Timeline = field(default_factory=Timeline)
@@ -93,6 +94,7 @@ class HashPass:
         cache: LayerCache | None = None,
     ) -> None:
         self.compression = compression  # what each pass compresses to, besides hashing
+        self._stream_misses: Callable[[], Awaitable[bool]] | None = None  # start's
         self._layers = layers
         self._encoder = encoder
         self._limiter = anyio.CapacityLimiter(workers)
@@ -114,21 +116,29 @@ class HashPass:
         """Layer ``index``'s spool files, open until ``release``."""
         return self._slots[index].spool_fds
 
-    def start(self, tg: TaskGroup) -> None:
+    def start(
+        self, tg: TaskGroup, *, stream_misses: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
         """Start the passes: the first layer's at once, the others once their entries are
         counted (from directory listings, in a thread, while the first layer hashes), the
         layers of most entries first, so that the longest passes don't start last and keep
         the stream waiting: nixpkgs orders layers by popularity (glibc first), and its
         largest layer (a Python or Node environment) comes near the end. With a digest
-        cache, the layers it holds are looked up first, in the stream's order."""
+        cache, the layers it holds are looked up first, in the stream's order.
+
+        ``stream_misses``, when given, is asked (once it can answer) whether the layers
+        the cache can't give are to be hashed by their stream instead (``streamed``): a
+        push to a new repository uploads them as it hashes them. Not compressed layers."""
         self._tg = tg
+        if stream_misses is not None and not self.compression.enabled:
+            self._stream_misses = stream_misses
         if self._cache is not None:
             tg.start_soon(self._start_with_cache, tg, self._cache)
-            return
-        if self._layers:
-            self._start_pass(tg, 0)
-        if len(self._layers) > 1:
-            tg.start_soon(self._start_the_rest, tg, set())
+        else:
+            tg.start_soon(self._start_unheld, tg, set())
+
+    async def _streams_misses(self) -> bool:
+        return self._stream_misses is not None and await self._stream_misses()
 
     async def _start_with_cache(self, tg: TaskGroup, cache: LayerCache) -> None:
         # Layers the cache holds (a walk each, likely no hash pass) are looked up in the
@@ -137,17 +147,31 @@ class HashPass:
         # layer 2 until the end: 4.7 s warm against 3.8 cold), and at once: none waits
         # for the others' entries to be counted, nor for a split pass's helper to give
         # back its slot (the default corpus's lookups took 1.15 s in a row, 0.6 s so).
-        held = await cache.held(self._layers)
+        held = await cache.held(self._layers) or set()  # None: the cache failed
         for index in range(len(self._layers)):
-            if held is not None and index in held:
-                tg.start_soon(self._look_up, tg, index)
-                continue
-            self._missed.add(index)
-            if held is not None:  # else the cache failed: its warning says so
-                self._slots[index].timeline.cache = "miss (new key)"
-            if index == 0:
-                self._start_pass(tg, 0)
-        await self._start_the_rest(tg, held or set())
+            if index not in held:
+                self._missed.add(index)
+                if cache.warning is None:  # else the warning says why
+                    self._slots[index].timeline.cache = "miss (new key)"
+        first = bool(self._layers) and 0 not in held and self._stream_misses is None
+        if first:  # its pass before the lookups: the stream needs it first
+            self._start_pass(tg, 0)
+        for index in sorted(held):
+            tg.start_soon(self._look_up, tg, index)
+        await self._start_unheld(tg, held | ({0} if first else set()))
+
+    async def _start_unheld(self, tg: TaskGroup, started: set[int]) -> None:
+        """Start the passes of the layers not ``started`` (held by the cache, or the first
+        layer's pass) or leave them to their stream: the first layer's at once, then the
+        others, most entries first."""
+        unheld = [index for index in range(len(self._layers)) if index not in started]
+        if self._stream_misses is not None and await self._streams_misses():
+            for index in unheld:
+                self._slots[index].decided.set()
+            return
+        if 0 in unheld:
+            self._start_pass(tg, 0)
+        await self._start_the_rest(tg, started)
 
     async def _start_the_rest(self, tg: TaskGroup, held: set[int]) -> None:
         """Start the passes of the layers after the first that the cache doesn't hold, most
@@ -174,8 +198,11 @@ class HashPass:
             hit = await self._from_cache(index)
         if hit:
             self._slots[index].done.set()
+            return
+        self._missed.add(index)
+        if await self._streams_misses():
+            self._slots[index].decided.set()
         else:
-            self._missed.add(index)
             self._start_pass(tg, index)
 
     def _lone_passes(self) -> set[int]:
@@ -416,6 +443,24 @@ class HashPass:
         if result.spooled is None:
             self.release(index)  # nothing spooled: the files go now
         self._slots[index].timeline.hash_end = time.monotonic()
+        self._slots[index].decided.set()
+
+    async def streamed(self, index: int) -> bool:
+        """Whether layer ``index`` is left to its stream to hash (``start``'s
+        ``stream_misses``): no pass, no cache entry; its digests are those the stream
+        finds (``streamed_as``). Waits until that is decided."""
+        slot = self._slots[index]
+        await slot.decided.wait()
+        return slot.result is None
+
+    async def streamed_as(self, index: int, found: LayerHash, started: float) -> None:
+        """Layer ``index``'s stream hashed it as ``found`` (its stream began at
+        time.time() ``started``): its result, kept in the digest cache as a pass's is."""
+        slot = self._slots[index]
+        slot.result = found
+        slot.timeline.hash_end = time.monotonic()
+        slot.done.set()
+        await self._remember(index, started)
 
     def known(self, index: int) -> LayerHash:
         """The hash of layer ``index``, whose pass has finished (``result`` answered)."""

@@ -20,4 +20,5 @@ class Timeline:
     spooled: int | None = None  # bytes the stream pass copied from the spool; None: framed
     kept: bool = False  # that spool was kept frames of an earlier run (frames.py)
     parts: int = 1  # processes that framed the layer in its hash pass
+    hashed_as_sent: bool = False  # no hash pass: hashed by its stream (a push's upload)
     cache: str | None = None  # what the digest cache said: hit, miss (why), stored; None: off

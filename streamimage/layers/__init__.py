@@ -45,8 +45,9 @@ class Layer(ABC):
     """One layer of an image.
 
     ``diff_id`` and ``descriptor`` may wait (for a hash pass, a checksum to be verified);
-    ``chunks`` is called only after one of them has answered, and runs in a worker thread
-    (it reads files). Whoever asks for ``chunks`` runs them to the end or closes them.
+    ``chunks`` is called only after one of them has answered (or ``streamed`` said yes),
+    and runs in a worker thread (it reads files). Whoever asks for ``chunks`` runs them to
+    the end or closes them.
     """
 
     kind: str  # BASE, STORE or CUSTOMISATION
@@ -65,6 +66,22 @@ class Layer(ABC):
     def chunks(self) -> Iterator[Chunk]:
         """The layer as stored: bytes, and FileSpans of large files (sent, not read).
         Each call gives the whole layer again (a registry upload retried from its start)."""
+
+    async def streamed(self) -> bool:
+        """Whether the layer's digests are to be found by streaming it, once (GGCR's
+        ``stream.Layer``): nothing hashed it ahead, so ``diff_id`` and ``descriptor``
+        wait until its writer, which hashes what ``chunks`` gives, says ``streamed_as``.
+        Most layers know their digests ahead: False."""
+        return False
+
+    async def streamed_as(self, digest: Digest, size: int, started: float) -> None:
+        """The digest and size of what ``chunks`` gave, a ``streamed`` layer's stream
+        having begun at time.time() ``started``.
+
+        Raises:
+            RuntimeError: the layer is not streamed.
+        """
+        raise RuntimeError("only a streamed layer is hashed by its stream")
 
     def known_size(self) -> int | None:
         """The size of the layer as stored, if known now without waiting or work (after

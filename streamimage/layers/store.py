@@ -5,16 +5,19 @@ Rule: every entry streamed is held to what the hash pass saw (its Witness), walk
 from the store before the bytes that frame it go out, copied from the spool or framed
 again; a layer that streams other entries, or fewer, fails with a ChangedError. The one
 exception: a layer copied from kept frames (a digest cache hit, frames.py), whose entries
-the cache's lookup has just walked; its large files are still held to their identity.
+the cache's lookup has just walked; its large files are still held to their identity. A
+layer with no hash pass (``streamed``: a push to a new repository) is framed once, what it
+frames recorded, and its digests are those of what its writer sent.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from streamimage.engine.frames import FramesDamaged, frames_chunks
-from streamimage.engine.framing import Chunk, layer_chunks
+from streamimage.engine.framing import Chunk, Witness, layer_chunks
 from streamimage.engine.hashing import LayerHash
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import spooled_chunks
@@ -48,6 +51,7 @@ class StoreLayer(Layer):
         self._hashes = hashes
         self._encoder = encoder
         self._counter = counter
+        self._streamed: Witness | None = None  # what a streamed layer's stream recorded
 
     async def _hash(self) -> LayerHash:
         return await self._hashes.result(self._index)
@@ -71,7 +75,18 @@ class StoreLayer(Layer):
             layer_media_type_of(compression.codec), found.blob_digest, found.blob_size
         )
 
+    async def streamed(self) -> bool:
+        return await self._hashes.streamed(self._index)
+
+    async def streamed_as(self, digest: Digest, size: int, started: float) -> None:
+        if self._streamed is None:
+            raise RuntimeError(f"{self._label()}: not streamed")
+        found = LayerHash(digest, size, digest, size, self._streamed, None)
+        await self._hashes.streamed_as(self._index, found, started)
+
     def chunks(self) -> Iterator[Chunk]:
+        if self._hashes.finished(self._index) is None:  # streamed: nothing to hold it to
+            return self._recorded()
         found = self._hashes.known(self._index)
         spooled = found.spooled
         if spooled is None or spooled.compressed or not self._hashes.spool_fds(self._index):
@@ -100,6 +115,21 @@ class StoreLayer(Layer):
             counter.files += 1
 
         return on_entry
+
+    def _recorded(self) -> Iterator[Chunk]:
+        """Framed from the store for the first time, every entry recorded: the witness of
+        a layer that its stream hashes (a retried upload records anew)."""
+        self._timeline.spooled = None
+        self._timeline.hash_start = self._timeline.hash_start or time.monotonic()
+        self._timeline.hashed_as_sent = True
+        witness = self._streamed = Witness()
+        record, counter = witness.record, self._counter
+
+        def on_entry(entry: Entry) -> None:
+            record(entry)
+            counter.files += 1
+
+        yield from layer_chunks(self.history, self._encoder, on_entry)
 
     def _framed(self, found: LayerHash) -> Iterator[Chunk]:
         """Framed again from the store, every entry checked against the hash pass's."""

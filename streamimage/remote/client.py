@@ -278,15 +278,17 @@ class RegistryClient:
 
     async def upload(
         self,
-        digest: str,
-        size: int,
+        digest: str | Callable[[], str],
+        size: int | None,
         body: Callable[[], AsyncGenerator[bytes, None]],
         what: str,
     ) -> None:
         """Upload a blob: ``POST`` a session, one streamed ``PATCH`` of ``body()`` (its
         ``size`` bytes), then ``PUT ?digest=``, which the registry accepts only if the bytes
         hash to ``digest``. A failed attempt starts again from a new POST and a new
-        ``body()``.
+        ``body()``. A blob hashed as it is sent: ``size`` None (the PATCH goes in chunked
+        encoding, as docker's, containers/image's for a layer it compresses as it pushes,
+        and GGCR's stream layers go) and ``digest`` a function, asked once the body is sent.
 
         Raises:
             RegistryError: refused (a wrong digest: the registry's DIGEST_INVALID), or
@@ -301,9 +303,11 @@ class RegistryClient:
             location = self._absolute(start.headers["Location"])
             stream = body()
             try:
-                # one streamed PATCH, its length known: no chunked encoding, which some
-                # registries and proxies refuse; memory: one block of the body at a time
-                headers = {"Content-Type": OCTET_STREAM, "Content-Length": str(size)}
+                # one streamed PATCH, its length known when it is: no chunked encoding,
+                # which some proxies refuse; memory: one block of the body at a time
+                headers = {"Content-Type": OCTET_STREAM}
+                if size is not None:
+                    headers["Content-Length"] = str(size)
                 sent = await self._send("PATCH", location, what, content=stream, headers=headers)
             finally:
                 await stream.aclose()
@@ -311,12 +315,36 @@ class RegistryClient:
                 raise self._refused(sent, f"{what}: sending its bytes")
             location = self._absolute(sent.headers["Location"])
             separator = "&" if "?" in location else "?"
-            commit = f"{location}{separator}digest={quote(digest)}"
+            found = digest if isinstance(digest, str) else digest()
+            commit = f"{location}{separator}digest={quote(found)}"
             done = await self._send("PUT", commit, what, headers={"Content-Length": "0"})
             if done.status_code != 201:
                 raise self._refused(done, f"{what}: completing the upload")
 
         await self._attempts(f"{what}: upload", attempt)
+
+    async def has_tags(self) -> bool | None:
+        """Whether the repository has a tag (``GET tags/list?n=1``): False for one the
+        registry doesn't know (404) or that has none, which holds no blob an image was
+        pushed with; None if the registry won't say (then it may hold some)."""
+        url = self._url("tags/list?n=1")
+
+        async def attempt() -> bool | None:
+            response = await self._send("GET", url, "tags")
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                return None
+            try:
+                document: Any = response.json()
+                return bool(document.get("tags"))
+            except Exception:  # not the spec's document: don't guess
+                return None
+
+        try:
+            return await self._attempts("tags", attempt)
+        except RegistryError:
+            return None
 
     async def put_manifest(self, media_type: str, data: bytes, reference: str) -> str:
         """``PUT`` the manifest under ``reference`` (a tag or a digest); returns the
