@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import compare, corpus, layers
+from benchmarks import compare, corpus, layers, memory
 from benchmarks.runner import CONSUMER_ARGV, consumer_overhead, run_once
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
@@ -168,3 +168,38 @@ def test_one_changed_row_makes_the_apps_layer_the_only_miss(tmp_path: Path) -> N
     missed = re.findall(r"layer (\d+):.*cache miss", rerun.stderr.decode())
     assert missed == [str(info.app_layer + 1)]
     assert info.store_layers[info.app_layer][0].endswith("-bench-app-1.0")
+
+
+SHARED_MIB = 32  # touched by a process before it forks: shared by both, copy-on-write
+
+FORKS_AND_WAITS = f"""
+import os, sys
+data = bytearray({SHARED_MIB} * 1024 * 1024)
+for i in range(0, len(data), 4096):
+    data[i] = 1  # resident, in the parent and (shared) in the child
+if os.fork() == 0:
+    sys.stdin.read()
+    os._exit(0)
+print("forked", flush=True)
+sys.stdin.read()
+os.wait()
+"""
+
+
+def test_the_tree_is_measured_by_pss_which_counts_shared_pages_once() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", FORKS_AND_WAITS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout.readline() == "forked\n"
+        tree = memory.sample_tree(proc.pid)
+        proc.stdin.close()
+    assert len(tree.hwm_kib) == 2  # the process and its forked child
+    assert all(hwm >= SHARED_MIB * 1024 for hwm in tree.hwm_kib.values())
+    # summed RSS counts the shared pages in both processes, PSS half in each
+    assert tree.rss_kib - tree.pss_kib >= SHARED_MIB * 1024 // 2
+    assert tree.pss_kib >= SHARED_MIB * 1024
