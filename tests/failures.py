@@ -21,7 +21,7 @@ from typing import Any
 import anyio.lowlevel
 
 from streamimage.destinations.dockerarchive import write_docker_archive
-from streamimage.engine.framing import Chunk, FileSpan, read_span
+from streamimage.engine.framing import Chunk, read_span
 from streamimage.engine.pipeline import Batch, Sink
 from streamimage.errors import OutputError
 from streamimage.image import Build, Image
@@ -177,10 +177,10 @@ def chunk_bytes(chunks: Iterable[Chunk]) -> bytes:
     """The bytes ``chunks`` amount to, large files (FileSpans) read in."""
     out = bytearray()
     for chunk in chunks:
-        if isinstance(chunk, FileSpan):
-            read_span(chunk, out.extend)
-        else:
+        if isinstance(chunk, bytes):
             out += chunk
+        else:
+            read_span(chunk, out.extend)
     return bytes(out)
 
 
@@ -197,7 +197,7 @@ class FailingSink:
 
     async def write_batch(self, batch: Batch) -> None:
         for chunk in batch:
-            if isinstance(chunk, FileSpan):
+            if not isinstance(chunk, bytes):
                 content = bytearray()
                 read_span(chunk, content.extend)
                 chunk = bytes(content)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from streamimage.engine.cache import DATABASE, RACY_SECONDS, KeyContext, LayerCache, open_cache
-from streamimage.engine.frames import MIN_ENTRIES
 from streamimage.engine.hashing import hash_layer
+from streamimage.engine.scheduler import THREAD_MAX_ENTRIES
 from streamimage.engine.timeline import Timeline
 from streamimage.options import UNCOMPRESSED
 from streamimage.tarheader import HeaderEncoder
@@ -37,8 +37,9 @@ ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
 
 def aged_store(parent: Path) -> Store:
     built = make_store(parent)
-    # enough entries in the first layer for its spool to be kept (frames.MIN_ENTRIES)
-    add_entries(built.root / built.layers[0][0] / "many", MIN_ENTRIES)
+    # enough entries in the first layer for its hash pass and its lookup to run in a
+    # worker process (the others': in threads)
+    add_entries(built.root / built.layers[0][0] / "many", THREAD_MAX_ENTRIES)
     built.write_conf()
     time.sleep(RACY_SECONDS + 0.2)  # old enough to be cached (see the module docstring)
     return built

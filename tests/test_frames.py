@@ -1,10 +1,10 @@
-"""Kept frames: a warm run copies a large layer's headers and small files from the spool an
+"""Kept frames: a warm run sends each layer's headers and small files from the spool an
 earlier run kept, instead of reading them from the store again; damaged or stale frames
 never give a wrong image.
 
 Oracle: the image of the same store with --no-cache (test_cache.oracle). The stale-store
 cases (a file changed in place, replaced, a store path recreated, entries added or removed)
-run in test_cache.py, whose stores have a layer large enough to keep frames of.
+run in test_cache.py, whose warm runs go through kept frames too.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import os
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 
 from streamimage.engine import frames
-from streamimage.engine.frames import FramesDamaged, FrameStore, frames_chunks
+from streamimage.engine.frames import FrameStore, frames_chunks
+from streamimage.engine.framing import SpoolRange
+from streamimage.engine.scheduler import THREAD_MAX_ENTRIES
 from streamimage.engine.spool import Segment
 from tests import storegen
-from tests.failures import Store, assert_run_failed, tool_env
+from tests.failures import Store, chunk_bytes, tool_env
 from tests.test_cache import CACHE_ON, aged_store, image, oracle, run
 
 KEPT = "kept frames"
@@ -50,20 +51,25 @@ def kept_files(cache: Path) -> list[Path]:
     return sorted(p for p in (cache / frames.FRAMES_DIR).iterdir() if not p.name.endswith(".json"))
 
 
+def recipes(cache: Path) -> list[Path]:
+    """The recipes kept in ``cache``, one per layer."""
+    return sorted((cache / frames.FRAMES_DIR).glob("*.json"))
+
+
 @pytest.mark.parametrize("args", [[], ["--format", "oci"]], ids=["docker", "oci"])
-def test_a_warm_run_copies_the_kept_frames_and_gives_the_same_bytes(
+def test_a_warm_run_sends_the_kept_frames_and_gives_the_same_bytes(
     shared: Store, tmp_path: Path, args: list[str]
 ) -> None:
     cache = tmp_path / "cache"
     cold = run(shared, cache, *args)
     assert cold.returncode == 0, cold.stderr
     assert KEPT not in cold.stderr.decode()
-    assert len(kept_files(cache)) == 1  # the first layer's spool: the only large one
+    assert len(recipes(cache)) == len(shared.layers)  # every layer's, small ones too
     warm = run(shared, cache, *args)
     assert warm.returncode == 0, warm.stderr
     lines = timeline(warm.stderr)
-    assert KEPT in lines[0]
-    assert all(KEPT not in line for line in lines[1:])  # small layers: framed again
+    assert len(lines) == len(shared.layers)
+    assert all(KEPT in line for line in lines)
     assert cold.stdout == warm.stdout == oracle(shared, *args)
 
 
@@ -93,7 +99,7 @@ def test_a_warm_run_reads_no_small_file_of_a_kept_layer(shared: Store, tmp_path:
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     # add_entries' files (f00000, ...) are all small: read cold, not warm
-    assert len(logs[0].read_text().splitlines()) >= frames.MIN_ENTRIES
+    assert len(logs[0].read_text().splitlines()) >= THREAD_MAX_ENTRIES
     assert logs[1].read_text() == ""
     assert outputs[0] == outputs[1] == oracle(shared)
 
@@ -117,28 +123,34 @@ def _run_logged(store: Store, cache: Path, log: Path) -> subprocess.CompletedPro
     )
 
 
-def test_a_damaged_kept_spool_fails_once_then_frames_again(store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mtime", ["moved", "restored"])
+def test_a_kept_spool_written_to_is_a_miss(store: Store, tmp_path: Path, mtime: str) -> None:
+    # The same size, other bytes, even with the mtime put back: the ctime moved, and a kept
+    # file is held to its identity as a store file is (its bytes are sent, never read).
     cache = tmp_path / "cache"
     expected = oracle(store)
     image(store, cache)
-    (spool,) = kept_files(cache)
-    size = spool.stat().st_size
-    with spool.open("r+b") as file:  # the same size, other bytes
-        file.seek(size // 2)
-        file.write(bytes(64))
-    output = tmp_path / "image.tar"
-    damaged = run(store, cache, "-o", str(output))
-    line = assert_run_failed(damaged, 1, store.layers[0][0], "kept frames are damaged")
-    assert "run again" in line
-    assert not output.exists()
-    assert not (cache / frames.FRAMES_DIR / spool.name).exists()  # removed
-    again = run(store, cache)  # hashed again, and its frames kept again
-    assert again.returncode == 0, again.stderr
+    for spool in kept_files(cache):
+        before = spool.stat()
+        with spool.open("r+b") as file:
+            file.seek(before.st_size // 2)
+            file.write(b"\xff" * min(64, before.st_size - before.st_size // 2))
+        if mtime == "restored":
+            os.utime(spool, ns=(before.st_atime_ns, before.st_mtime_ns))
+    damaged = run(store, cache)  # hashed again, and its frames kept again
+    assert damaged.returncode == 0, damaged.stderr
+    assert damaged.stdout == expected
+    assert_frames_unused(timeline(damaged.stderr))
+    again = run(store, cache)
+    assert KEPT in timeline(again.stderr)[0]  # kept anew
     assert again.stdout == expected
-    assert "cache miss (no kept frames), stored" in timeline(again.stderr)[0]
-    third = run(store, cache)
-    assert KEPT in timeline(third.stderr)[0]
-    assert third.stdout == expected
+
+
+def assert_frames_unused(lines: list[str]) -> None:
+    """No layer's frames were sent: the large first layer was hashed again (for its
+    frames to be kept anew), the small ones were hits framed again."""
+    assert "cache miss (no kept frames), stored" in lines[0], lines
+    assert all("cache hit" in line and KEPT not in line for line in lines[1:]), lines
 
 
 @pytest.mark.parametrize("damage", ["truncated", "removed", "recipe-garbage", "recipe-edited"])
@@ -148,64 +160,76 @@ def test_kept_frames_that_dont_fit_are_a_miss_not_a_failure(
     cache = tmp_path / "cache"
     expected = oracle(store)
     image(store, cache)
-    (spool,) = kept_files(cache)
-    (recipe,) = (cache / frames.FRAMES_DIR).glob("*.json")
-    if damage == "truncated":
-        os.truncate(spool, spool.stat().st_size - 1)
-    elif damage == "removed":
-        spool.unlink()
-    elif damage == "recipe-garbage":
-        recipe.write_bytes(os.urandom(recipe.stat().st_size))
-    else:  # a segment's offset moved, the checksum left as it was
-        document = json.loads(recipe.read_text())
-        first = next(row for row in document["segments"] if len(row) == 5)
-        first[1] += 512
-        recipe.write_text(json.dumps(document))
+    for spool in kept_files(cache):
+        if damage == "truncated":
+            os.truncate(spool, spool.stat().st_size - 1)
+        elif damage == "removed":
+            spool.unlink()
+    for recipe in recipes(cache):
+        if damage == "recipe-garbage":
+            recipe.write_bytes(os.urandom(recipe.stat().st_size))
+        elif damage == "recipe-edited":  # a segment's offset moved, the checksum left as it was
+            document = json.loads(recipe.read_text())
+            first = next(row for row in document["segments"] if len(row) == 4)
+            first[1] += 512
+            recipe.write_text(json.dumps(document))
     warm = run(store, cache)
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout == expected
-    assert "cache miss (no kept frames), stored" in timeline(warm.stderr)[0]
+    assert_frames_unused(timeline(warm.stderr))
 
 
 def test_frames_of_another_fingerprint_are_not_used(store: Store, tmp_path: Path) -> None:
-    # The kept frames of the layer as it was, put back beside a digest entry of the layer
-    # as it is now: the recipe names the other fingerprint, so they are not copied.
+    # Frames whose files are intact but whose recipe names the fingerprint the layer had
+    # before a change (checksum made anew): the digest entry is of the layer as it is now,
+    # so they are not sent.
     cache = tmp_path / "cache"
     image(store, cache)
-    old = {p.name: p.read_bytes() for p in (cache / frames.FRAMES_DIR).iterdir()}
+    old = {p.name: json.loads(p.read_text()) for p in recipes(cache)}
     (store.root / store.layers[0][0] / "many" / "d000" / "f00000").write_bytes(b"changed\n")
     time.sleep(2.1)  # old enough to be stored
     changed = image(store, cache)[0]
-    for name, data in old.items():
-        (cache / frames.FRAMES_DIR / name).write_bytes(data)
+    (stale,) = [p for p in recipes(cache) if json.loads(p.read_text()) != old[p.name]]
+    document = json.loads(stale.read_text())
+    del document["checksum"]
+    document["fingerprint"] = old[stale.name]["fingerprint"]
+    document["diff_id"] = old[stale.name]["diff_id"]
+    document["checksum"] = frames._checksum(document)
+    stale.write_text(json.dumps(document))
     warm = run(store, cache)
     assert warm.returncode == 0, warm.stderr
-    assert "cache miss (no kept frames), stored" in timeline(warm.stderr)[0]
+    lines = timeline(warm.stderr)
+    assert "cache miss (no kept frames), stored" in lines[0]
+    assert all(KEPT in line for line in lines[1:])
     assert warm.stdout == changed == oracle(store)
 
 
 def _segments(data: bytes) -> tuple[Segment, ...]:
     half = len(data) // 2
-    return (
-        Segment(1, 0, half, crc=zlib.crc32(data[:half])),
-        Segment(2, half, len(data) - half, crc=zlib.crc32(data[half:])),
-    )
+    return (Segment(1, 0, half), Segment(2, half, len(data) - half))
 
 
-def test_frames_chunks_hold_each_piece_to_its_crc(tmp_path: Path) -> None:
+def test_kept_frames_are_sent_from_the_files_load_opened(tmp_path: Path) -> None:
     data = os.urandom(4096)
     path = tmp_path / "spool"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        pieces = list(frames_chunks([fd], _segments(data), "layer 1"))
-        assert b"".join(p for p, _ in pieces if isinstance(p, bytes)) == data
-        assert [entries for _, entries in pieces] == [1, 2]
-        os.pwrite(os.open(path, os.O_WRONLY), b"x", 3000)
-        with pytest.raises(FramesDamaged, match="layer 1: its kept frames are damaged"):
-            list(frames_chunks([fd], _segments(data), "layer 1"))
+        kept = FrameStore(str(tmp_path / "frames"))
+        kept.save("k" * 64, "fp", "sha256:" + "0" * 64, [fd], _segments(data))
     finally:
         os.close(fd)
+    loaded = kept.load("k" * 64, "fp", "sha256:" + "0" * 64)
+    assert loaded is not None
+    try:
+        pieces = list(frames_chunks(loaded.fds, loaded.segments, "layer 1"))
+        assert all(isinstance(piece, SpoolRange) for piece, _ in pieces)
+        assert [entries for _, entries in pieces] == [1, 2]
+        (name,) = kept_files(tmp_path)  # FrameStore's directory is tmp_path / FRAMES_DIR
+        os.unlink(name)  # pruned by another run: the open file is still sent whole
+        assert chunk_bytes(piece for piece, _ in pieces) == data
+    finally:
+        loaded.close()
 
 
 def test_a_spool_file_without_a_name_is_copied(tmp_path: Path) -> None:
@@ -225,7 +249,7 @@ def test_a_spool_file_without_a_name_is_copied(tmp_path: Path) -> None:
     assert loaded is not None
     try:
         chunks = frames_chunks(loaded.fds, loaded.segments, "l")
-        assert b"".join(p for p, _ in chunks if isinstance(p, bytes)) == data
+        assert chunk_bytes(piece for piece, _ in chunks) == data
     finally:
         loaded.close()
     assert kept.load("k" * 64, "other", "sha256:" + "0" * 64) is None

@@ -147,6 +147,7 @@ def framed(paths: list[str]) -> bytes:
             read_span(chunk, out.extend)
             spans += 1
         else:
+            assert isinstance(chunk, bytes)  # framed: no spool's ranges
             out += chunk
     assert spans == 1  # the large file is not framed inline: the layer is the one meant
     return bytes(out)

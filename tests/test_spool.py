@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from streamimage.engine import framing
-from streamimage.engine.framing import Chunk, layer_chunks, read_span
+from streamimage.engine.framing import Chunk, FileSpan, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
 from streamimage.engine.listing import count_below, place_of
 from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES, STREAM_RATE
@@ -171,7 +171,7 @@ def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spoo
         segments, spooled_chunks([spool_fd], segments, paths, on_entry), strict=True
     ):
         assert len(checked) >= segment.entries
-        out += chunk if isinstance(chunk, bytes) else b"<span>"
+        out += b"<span>" if isinstance(chunk, FileSpan) else chunk_bytes([chunk])
     result.witness.check_complete("layer")
     assert len(checked) == len(result.witness)
     assert out.count(b"<span>") == 1
@@ -179,7 +179,7 @@ def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spoo
 
 def drain(chunks: Iterator[Chunk], into: bytearray) -> None:
     for chunk in chunks:
-        into += chunk if isinstance(chunk, bytes) else b"<span>"
+        into += b"<span>" if isinstance(chunk, FileSpan) else chunk_bytes([chunk])
 
 
 @pytest.mark.parametrize("change", ["content", "removed", "added"])

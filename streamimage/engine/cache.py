@@ -37,7 +37,7 @@ import anyio
 import anyio.to_thread
 
 from streamimage.engine.compress import library_version
-from streamimage.engine.frames import MIN_ENTRIES, Frames, FrameStore
+from streamimage.engine.frames import Frames, FrameStore
 from streamimage.engine.framing import witness_of
 from streamimage.engine.hashing import LayerHash, Spooled
 from streamimage.engine.timeline import Timeline
@@ -54,6 +54,8 @@ BUSY_TIMEOUT = 2.0  # seconds to wait for another run's write (a write takes mil
 RACY_SECONDS = 2.0  # a store changed this close to its hash pass is not cached (see above)
 KEEP_SECONDS = 30 * 24 * 3600  # entries not used for 30 days are pruned
 KEEP_ENTRIES = 20_000  # and no more than these, the least recently used first
+# a hit on a layer of this many entries without kept frames is a miss: hashed again
+REHASH_ENTRIES = 512
 HELD_BATCH = 500  # keys per query (SQLite before 3.32 takes at most 999 parameters)
 
 _SCHEMA = """
@@ -301,7 +303,7 @@ class LayerCache:
         """The layer's digests if the cache has them for the store as it is now, with the
         witness of that walk for its stream pass and its kept frames, if any; None: hash
         it (``timeline`` says why). A ``small`` layer is walked in a thread even with
-        worker processes (a fork costs more than its walk), and has no kept frames."""
+        worker processes (a fork costs more than its walk)."""
         key = self._context.key(store_paths)
         try:
             entry = await self._call(lambda db: db.get(key))
@@ -311,7 +313,7 @@ class LayerCache:
             timeline.cache = "miss (new key)"
             return None
         frames: Frames | None = None
-        if self._frames is not None and not small:
+        if self._frames is not None:
             load = self._frames.load
             frames = await anyio.to_thread.run_sync(
                 load, key, entry.fingerprint, str(entry.diff_id)
@@ -330,9 +332,10 @@ class LayerCache:
                 frames.close()
             timeline.cache = "miss (fingerprint changed)"
             return None
-        if frames is None and self._frames is not None and len(witness) >= MIN_ENTRIES:
+        if frames is None and self._frames is not None and len(witness) >= REHASH_ENTRIES:
             # hashed again, for its frames to be kept: framing it again would cost as much
-            # (its hash pass runs ahead, in a worker), and the next run can copy them
+            # (its hash pass runs ahead, in a worker), and the next run can send them; a
+            # smaller layer is a hit, framed again if streamed (a push may need no byte)
             timeline.cache = "miss (no kept frames)"
             return None
         timeline.cache = "hit"
@@ -364,14 +367,13 @@ class LayerCache:
 
     def keeps_frames(self, found: LayerHash) -> bool:
         """Whether the spool of a layer hashed as ``found`` (and remembered) is worth
-        keeping: whole, uncompressed, of MIN_ENTRIES entries or more."""
+        keeping: whole and uncompressed."""
         spooled = found.spooled
         return (
             self._frames is not None
             and spooled is not None
             and not spooled.compressed
             and not spooled.kept
-            and len(found.witness) >= MIN_ENTRIES
         )
 
     def keep_frames(self, store_paths: Sequence[str], found: LayerHash, fds: Sequence[int]) -> None:
@@ -382,11 +384,6 @@ class LayerCache:
         key = self._context.key(store_paths)
         fingerprint = found.witness.digest()
         self._frames.save(key, fingerprint, str(found.diff_id), fds, found.spooled.segments)
-
-    def drop_frames(self, store_paths: Sequence[str]) -> None:
-        """Remove the kept frames of the layer of ``store_paths`` (found damaged)."""
-        if self._frames is not None:
-            self._frames.drop(self._context.key(store_paths))
 
     def close(self) -> None:
         if self._db is not None:

@@ -1,5 +1,6 @@
-"""Kept frames: a large layer's spool, kept beside the digest cache, so that a warm run
-copies the layer's headers and small files instead of framing them again from the store.
+"""Kept frames: every layer's spool, kept beside the digest cache, so that a warm run
+sends the layer's headers and small files from them instead of framing them again from
+the store.
 
 IO: files in ``CACHE_DIR/frames``: for each kept layer a recipe ``KEY.json`` (the layer's
 segments: where each piece of its tar is, in the spool files or, for a large file, in the
@@ -9,11 +10,12 @@ Rule 1: kept frames are used only with their digest cache entry: the recipe name
 fingerprint and diff_id it was framed with, and the cache's lookup has just walked the
 store and found that fingerprint (every entry's lstat). A warm layer's entries are walked
 once, by that lookup; its large files are held to their identity when sent, as always.
-Rule 2: damage never makes a wrong image: the recipe carries a checksum of itself, each
-spool file its size, each piece a crc32 checked as it is read; a damaged recipe or a
-missing or short file is a miss (the layer is framed again), a piece that fails its crc32
-fails the run (``FramesDamaged``) after removing the layer's frames, so that the next run
-frames it again.
+Rule 2: damage never makes a wrong image: the recipe carries a checksum of itself, and
+each spool file's identity (inode, size, mtime, ctime, mode) as it was once kept, which
+``load`` holds the file it opens to, as the store's files are held to theirs: a file
+written to, replaced or cut short since is a miss (the layer is hashed again, its frames
+kept anew). The pieces are then sent from the files ``load`` opened (sendfile: never read
+here); a file cut short after that fails the send, and the next run's ``load`` sees it.
 Rule 3: writers never change a file in place: a new spool file has a name of its own, a
 recipe is replaced by rename; a reader keeps the files it opened. Frames not used for
 KEEP_SECONDS are pruned, and the least recently used beyond MAX_BYTES.
@@ -28,32 +30,25 @@ import json
 import os
 import secrets
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from streamimage.engine.framing import Chunk, FileSpan
+from streamimage.engine.framing import Chunk, FileSpan, SpoolRange
 from streamimage.engine.spool import Segment, Segments
 from streamimage.engine.walk import FileIdentity
-from streamimage.errors import ChangedError
 
 FRAMES_DIR = "frames"
-MIN_ENTRIES = 512  # a layer of fewer entries frames again in milliseconds: not kept
 MAX_BYTES = 4 * 1024**3  # bytes of spool files kept, the least recently used pruned first
 KEEP_SECONDS = 30 * 24 * 3600  # as the digest cache's entries
 ORPHAN_SECONDS = 3600  # a spool file no recipe names is removed after this (a writer's, until)
-VERSION = 1
+VERSION = 2  # 2: spool files held to their identity (1: a crc32 of each piece)
 COPY_SIZE = 8 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class FramesDamaged(ChangedError):
-    """A kept spool file doesn't hold what its recipe says (the frames were removed)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Frames:
-    """A layer's kept frames, opened: its spool files and segments (each piece's crc32)."""
+    """A layer's kept frames, opened: its spool files and segments."""
 
     fds: tuple[int, ...]
     segments: Segments
@@ -72,7 +67,7 @@ def _checksum(document: dict[str, object]) -> str:
 def _segment_row(segment: Segment) -> list[object]:
     span = segment.span
     if span is None:
-        return [segment.entries, segment.offset, segment.size, segment.file, segment.crc]
+        return [segment.entries, segment.offset, segment.size, segment.file]
     return [segment.entries, span.path, *span.identity]
 
 
@@ -85,9 +80,9 @@ def _integers(values: Sequence[object]) -> list[int]:
 
 def _segment_of(row: Sequence[object]) -> Segment:
     """Raises: ValueError: not a row _segment_row writes."""
-    if len(row) == 5:
-        entries, offset, size, file, crc = _integers(row)
-        return Segment(entries, offset, size, None, file, crc)
+    if len(row) == 4:
+        entries, offset, size, file = _integers(row)
+        return Segment(entries, offset, size, None, file)
     if len(row) != 2 + len(FileIdentity._fields) or not isinstance(row[1], str):
         raise ValueError("not a segment")
     entries, *stat = _integers([row[0], *row[2:]])
@@ -116,20 +111,23 @@ class FrameStore:
             if (document["fingerprint"], document["diff_id"]) != (fingerprint, diff_id):
                 return None
             segments = tuple(_segment_of(row) for row in document["segments"])
-            names, sizes = document["files"], document["sizes"]
+            names = document["files"]
+            identities = [FileIdentity(*_integers(row)) for row in document["identities"]]
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
         fds: list[int] = []
         try:
-            for name, size in zip(names, sizes, strict=True):
+            for name, identity in zip(names, identities, strict=True):
                 if os.path.basename(name) != name or not name.startswith(key):
                     return None
                 fds.append(os.open(os.path.join(self.directory, name), _OPEN_FLAGS))
-                if os.fstat(fds[-1]).st_size != size:
-                    return None
+                if FileIdentity.of(os.fstat(fds[-1])) != identity:
+                    return None  # written to, or cut short, since it was kept
+            if any(s.span is None and not 0 <= s.file < len(fds) for s in segments):
+                return None
             with contextlib.suppress(OSError):
                 os.utime(self._recipe(key))  # used now: the last to be pruned
-            frames = Frames(tuple(fds), segments, sum(sizes))
+            frames = Frames(tuple(fds), segments, sum(i.size for i in identities))
             fds = []
             return frames
         except (OSError, ValueError, TypeError):
@@ -144,7 +142,7 @@ class FrameStore:
         """Keep a layer's spool files ``fds`` and ``segments`` (a hash pass's, whole) as
         the frames of ``key``; never fails (frames are an optimisation).
 
-        Blocking: links (or copies) the spool files, reads them once for the crc32s."""
+        Blocking: links (or copies) the spool files."""
         with contextlib.suppress(OSError):
             self._save(key, fingerprint, diff_id, fds, segments)
             self.prune()
@@ -158,18 +156,17 @@ class FrameStore:
         try:
             for fd, name in zip(fds, names, strict=True):
                 _link_or_copy(fd, os.path.join(self.directory, name))
-            rows = [
-                _segment_row(s if s.span is not None else _with_crc(fds[s.file], s))
-                for s in segments
+            # as linked (a link moves the ctime) or copied: what load holds them to
+            identities = [
+                list(FileIdentity.of(os.stat(os.path.join(self.directory, name)))) for name in names
             ]
-            sizes = [os.fstat(fd).st_size for fd in fds]
             document: dict[str, object] = {
                 "version": VERSION,
                 "fingerprint": fingerprint,
                 "diff_id": diff_id,
                 "files": names,
-                "sizes": sizes,
-                "segments": rows,
+                "identities": identities,
+                "segments": [_segment_row(segment) for segment in segments],
             }
             document["checksum"] = _checksum(document)
             staged = os.path.join(self.directory, f".{key}.{token}.json")
@@ -233,19 +230,6 @@ class FrameStore:
                 total -= sizes[key]
 
 
-def _with_crc(fd: int, segment: Segment) -> Segment:
-    return Segment(
-        segment.entries, segment.offset, segment.size, None, segment.file, _crc(fd, segment)
-    )
-
-
-def _crc(fd: int, segment: Segment) -> int:
-    data = os.pread(fd, segment.size, segment.offset)
-    if len(data) != segment.size:
-        raise OSError(errno.EIO, "the spool is shorter than written")
-    return zlib.crc32(data)
-
-
 def _link_or_copy(fd: int, path: str) -> None:
     """Give the spool file ``fd`` the name ``path``: a link where it can be (an O_TMPFILE
     file on the same file system), else a copy.
@@ -276,33 +260,12 @@ def _link_or_copy(fd: int, path: str) -> None:
 def frames_chunks(
     fds: Sequence[int], segments: Segments, label: str
 ) -> Iterator[tuple[Chunk, int]]:
-    """The chunks of a layer from its kept frames, each with the entries framed up to its
-    end: the spooled pieces, read back and held to their crc32, and large files' spans.
-
-    Raises:
-        FramesDamaged: a piece isn't what was kept.
-    """
+    """The chunks of a layer from its kept frames (``load``'s, checked then), each with
+    the entries framed up to its end: the spooled pieces as ranges of the kept spool files
+    (sent, never read here), and large files' spans."""
     for segment in segments:
         if segment.span is not None:
             yield segment.span, segment.entries
-            continue
-        try:
-            data = _read_all(fds[segment.file], segment)
-        except OSError as exc:
-            raise FramesDamaged(f"{label}: its kept frames can't be read: {exc}") from None
-        if zlib.crc32(data) != segment.crc:
-            raise FramesDamaged(
-                f"{label}: its kept frames are damaged (at byte {segment.offset} of spool file "
-                f"{segment.file}); they were removed: run again"
-            )
-        yield data, segment.entries
-
-
-def _read_all(fd: int, segment: Segment) -> bytes:
-    data = os.pread(fd, segment.size, segment.offset)
-    while len(data) < segment.size:
-        more = os.pread(fd, segment.size - len(data), segment.offset + len(data))
-        if not more:
-            raise OSError(errno.EIO, "shorter than kept")
-        data += more
-    return data
+        else:
+            name = f"{label}: its kept frames"
+            yield SpoolRange(fds[segment.file], segment.offset, segment.size, name), segment.entries

@@ -37,7 +37,19 @@ class FileSpan:
     identity: FileIdentity  # as Entry.identity, checked when opened
 
 
-Chunk = bytes | FileSpan
+@dataclass(frozen=True, slots=True)
+class SpoolRange:
+    """Bytes framed already, in an open spool file (a run's spool, or kept frames): sent
+    from the page cache with sendfile, read with pread; never held in memory. The fd is
+    its owner's, open until the layer is released."""
+
+    fd: int
+    offset: int
+    size: int
+    name: str  # what the spool is, for errors: "store layer 3 (/nix/store/...)'s spool"
+
+
+Chunk = bytes | FileSpan | SpoolRange
 
 
 class Witness:
@@ -226,15 +238,20 @@ def no_checkpoint() -> None:
 
 
 def read_pieces(
-    span: FileSpan, checkpoint: Callable[[], None] = no_checkpoint
+    span: FileSpan | SpoolRange, checkpoint: Callable[[], None] = no_checkpoint
 ) -> Iterator[memoryview]:
-    """A FileSpan's content in large reads, checking it is unchanged. Each piece is a view
-    of one buffer, reused for the next: consume it before asking for the next.
+    """A FileSpan's content in large reads, checking it is unchanged (or a SpoolRange's).
+    Each piece is a view of one buffer, reused for the next: consume it before asking
+    for the next.
 
     Raises:
         StoreError: it can't be opened.
-        ChangedError: it changed since it was walked or while it was read.
+        ChangedError: it changed since it was walked or while it was read (a spool: it is
+            shorter than written).
     """
+    if isinstance(span, SpoolRange):
+        yield from _read_range(span, checkpoint)
+        return
     fd = open_checked(span.path, span.identity)
     try:
         buffer = bytearray(min(READ_SIZE, span.size))
@@ -253,8 +270,21 @@ def read_pieces(
         os.close(fd)
 
 
+def _read_range(span: SpoolRange, checkpoint: Callable[[], None]) -> Iterator[memoryview]:
+    buffer = bytearray(min(READ_SIZE, span.size))
+    view = memoryview(buffer)
+    done = 0
+    while done < span.size:
+        checkpoint()
+        got = os.preadv(span.fd, [view[: min(span.size - done, len(buffer))]], span.offset + done)
+        if not got:
+            raise ChangedError(f"{span.name}: shorter than written ({span.offset + done} bytes)")
+        yield view[:got]
+        done += got
+
+
 def read_span(
-    span: FileSpan,
+    span: FileSpan | SpoolRange,
     consume: Callable[[memoryview], object],
     checkpoint: Callable[[], None] = no_checkpoint,
 ) -> None:

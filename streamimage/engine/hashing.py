@@ -49,7 +49,7 @@ class Spooled:
     segments: Segments
     size: int  # bytes in the spool files
     compressed: bool = False  # the layer as stored (compressed): copied, not compressed again
-    # kept frames of an earlier run (frames.py): each piece held to its crc32; the
+    # kept frames of an earlier run (frames.py): sent from the files it kept; the
     # entries were walked by the digest cache's lookup, not walked again
     kept: bool = False
 

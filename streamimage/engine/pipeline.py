@@ -10,7 +10,8 @@ ever, is abandoned on cancellation (``FdSink.busy`` then tells the caller not to
 fd, and to exit without joining).
 Rule 2: memory is bounded: a batch carries at most BATCH_BYTES (+ one chunk) of headers
 and small files, at most STREAM_BUFFER batches wait between producer and consumer; large
-files are never in memory (the sink sends them with sendfile).
+files and spooled pieces (FileSpans, SpoolRanges) are never in memory (the sink sends them
+with sendfile).
 Rule 3: an output inherited non-blocking (as some CI runners and Node parents leave stdout)
 is waited on until writable, never set blocking (the flag is the open file's, shared with
 the parent); a reader gone before anything is written is noticed (``watch_reader``).
@@ -31,7 +32,13 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.from_thread import check_cancelled
 
-from streamimage.engine.framing import Chunk, FileSpan, check_unchanged, open_checked
+from streamimage.engine.framing import (
+    Chunk,
+    FileSpan,
+    SpoolRange,
+    check_unchanged,
+    open_checked,
+)
 from streamimage.errors import ChangedError, OutputError
 
 # Linux only: elsewhere a pipe keeps its size (1031 and 1032 mean other things, or nothing)
@@ -74,7 +81,7 @@ def output_error(name: str, exc: OSError) -> OutputError:
 
 class FdSink:
     """A sink on a file descriptor (stdout, a pipe, a file); writes run in worker threads,
-    a whole batch per thread call; large files go out with sendfile."""
+    a whole batch per thread call; large files and spooled pieces go out with sendfile."""
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
@@ -137,6 +144,8 @@ class FdSink:
         for chunk in batch:
             if isinstance(chunk, bytes):
                 self._write_all(chunk)
+            elif isinstance(chunk, SpoolRange):
+                self._send_range(chunk.fd, chunk.offset, chunk.size, chunk.name)
             else:
                 self._send(chunk)
 
@@ -146,17 +155,21 @@ class FdSink:
     def _send(self, span: FileSpan) -> None:
         fd = open_checked(span.path, span.identity)
         try:
-            offset = 0
-            while offset < span.size:
-                check_cancelled()
-                count = min(SEND_SIZE, span.size - offset)
-                sent = self._send_some(fd, offset, count)
-                if not sent:
-                    raise ChangedError(f"{span.path}: size {span.size} -> {offset} while sent")
-                offset += sent
+            self._send_range(fd, 0, span.size, span.path)
             check_unchanged(span.path, fd, span.identity)
         finally:
             os.close(fd)
+
+    def _send_range(self, fd: int, start: int, size: int, name: str) -> None:
+        """Send ``size`` bytes of the open file ``fd`` from ``start`` (``name`` it)."""
+        offset = start
+        end = start + size
+        while offset < end:
+            check_cancelled()
+            sent = self._send_some(fd, offset, min(SEND_SIZE, end - offset))
+            if not sent:
+                raise ChangedError(f"{name}: size {end} -> {offset} while sent")
+            offset += sent
 
     def _send_some(self, fd: int, offset: int, count: int) -> int:
         while self._sendfile:

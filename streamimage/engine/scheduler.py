@@ -314,11 +314,6 @@ class HashPass:
             for fd in fds:
                 os.close(fd)
 
-    def drop_frames(self, index: int) -> None:
-        """Remove layer ``index``'s kept frames (found damaged while streamed)."""
-        if self._cache is not None:
-            self._cache.drop_frames(self._layers[index])
-
     def _open_spool(self, index: int, part: int = 0) -> SpoolFile | None:
         """A spool for layer ``index``'s pass (part 1: a split pass's helper), or None."""
         target = None if self._budget is None else self._budget.open(2 * index + part)

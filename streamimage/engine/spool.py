@@ -3,7 +3,8 @@
 IO. Framing a layer (walk, headers, small files' content) is most of a pass's cost on a
 store of many small files, and without a spool the stream pass pays it twice. With one,
 the hash pass writes what it framed, but large files' content (FileSpans, sent from the
-store as before), to an unlinked temporary file; the stream pass copies it.
+store as before), to an unlinked temporary file; the stream pass sends its pieces from
+it (SpoolRanges: sendfile, never read back into memory).
 Rule 1: the stream pass still walks the store and holds every entry to the hash pass's
 witness before the spooled bytes that frame it go out (``Segment.entries``), so a store
 that changes between the passes fails the run as before; what goes out is what was hashed.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from itertools import chain
 from multiprocessing.connection import Connection
 
-from streamimage.engine.framing import Chunk, FileSpan, Witness, layer_chunks
+from streamimage.engine.framing import Chunk, FileSpan, SpoolRange, Witness, layer_chunks
 from streamimage.engine.walk import Entry, LayerPart, walk_store_path
 from streamimage.engine.workers import SHARED
 from streamimage.errors import ChangedError
@@ -40,7 +41,6 @@ class Segment:
     size: int
     span: FileSpan | None = None  # set: the content of this file instead of spooled bytes
     file: int = 0  # which of the layer's spool files: 0 its own, 1 its helper's (a split pass)
-    crc: int | None = None  # zlib.crc32 of its spooled bytes, in kept frames (frames.py)
 
 
 Segments = tuple[Segment, ...]
@@ -117,6 +117,7 @@ class SpoolWriter:
                 if isinstance(piece, bytes):
                     self._write(piece, entries())
                 else:
+                    assert isinstance(piece, FileSpan)  # framed here: no spool's ranges
                     self._append(Segment(entries(), 0, piece.size, piece))
             yield piece
 
@@ -263,7 +264,11 @@ def spooled_chunks(
                 )
             on_entry(entry)
             seen += 1
-        yield segment.span if segment.span is not None else _read(fds[segment.file], segment)
+        if segment.span is not None:
+            yield segment.span
+        else:
+            name = f"the spool of {store_paths[-1] if store_paths else 'an empty layer'}"
+            yield SpoolRange(fds[segment.file], segment.offset, segment.size, name)
     for entry in walked:
         on_entry(entry)  # one more than the hash pass saw: the witness refuses it
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from streamimage.engine.frames import FramesDamaged, frames_chunks
+from streamimage.engine.frames import frames_chunks
 from streamimage.engine.framing import Chunk, Witness, layer_chunks
 from streamimage.engine.hashing import LayerHash
 from streamimage.engine.scheduler import HashPass
@@ -148,20 +148,16 @@ class StoreLayer(Layer):
         found.witness.check_complete(self._label())
 
     def _kept(self, found: LayerHash) -> Iterator[Chunk]:
-        """Copied from the frames an earlier run kept, each piece held to its crc32."""
+        """Sent from the frames an earlier run kept (checked by the cache's lookup)."""
         assert found.spooled is not None
         self._timeline.spooled = found.spooled.size
         self._timeline.kept = True
         fds = self._hashes.spool_fds(self._index)
         counted = 0
-        try:
-            for chunk, entries in frames_chunks(fds, found.spooled.segments, self._label()):
-                self._counter.files += entries - counted
-                counted = entries
-                yield chunk
-        except FramesDamaged:
-            self._hashes.drop_frames(self._index)  # the next run frames the layer again
-            raise
+        for chunk, entries in frames_chunks(fds, found.spooled.segments, self._label()):
+            self._counter.files += entries - counted
+            counted = entries
+            yield chunk
 
     def _label(self) -> str:
         return (
