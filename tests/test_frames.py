@@ -303,3 +303,23 @@ def test_runs_that_keep_no_frames_still_hit(shared: Store, tmp_path: Path, args:
     assert said == ["hit"] * len(shared.layers)
     assert warm == oracle(shared, *args)
     assert not (cache / frames.FRAMES_DIR).exists()
+
+
+def test_a_run_prunes_once_at_its_first_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A prune reads every recipe; a run keeps the frames of each of its (up to 100) layers.
+    kept = FrameStore(str(tmp_path / "frames"))
+    calls: list[int] = []
+    monkeypatch.setattr(kept, "prune", lambda: calls.append(1))
+    data = os.urandom(1000)
+    source = tmp_path / "spool"
+    source.write_bytes(data)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        for key in ("a", "b", "c"):
+            kept.save(key * 64, "fp", "sha256:" + "0" * 64, [fd], _segments(data))
+    finally:
+        os.close(fd)
+    assert calls == [1]
+    assert len(list((tmp_path / "frames").glob("*.json"))) == 3

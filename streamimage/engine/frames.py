@@ -18,7 +18,8 @@ kept anew). The pieces are then sent from the files ``load`` opened (sendfile: n
 here); a file cut short after that fails the send, and the next run's ``load`` sees it.
 Rule 3: writers never change a file in place: a new spool file has a name of its own, a
 recipe is replaced by rename; a reader keeps the files it opened. Frames not used for
-KEEP_SECONDS are pruned, and the least recently used beyond MAX_BYTES.
+KEEP_SECONDS are pruned, and the least recently used beyond MAX_BYTES, once a run (at its
+first save: a prune reads every recipe, and a run keeps the frames of each of its layers).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class FrameStore:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        self._pruned = False  # a run prunes once, at its first save (prune reads every recipe)
 
     def _recipe(self, key: str) -> str:
         return os.path.join(self.directory, f"{key}.json")
@@ -145,7 +147,9 @@ class FrameStore:
         Blocking: links (or copies) the spool files."""
         with contextlib.suppress(OSError):
             self._save(key, fingerprint, diff_id, fds, segments)
-            self.prune()
+            if not self._pruned:
+                self._pruned = True
+                self.prune()
 
     def _save(
         self, key: str, fingerprint: str, diff_id: str, fds: Sequence[int], segments: Segments
