@@ -7,7 +7,10 @@ with exit 0 and a diff_id that doesn't match its layer.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 import os
 import resource
 import signal
@@ -45,6 +48,7 @@ from tests.failures import (
     run,
     tool_env,
 )
+from tests.images import tar_members, uncompressed
 
 BLOCK = 512  # tar block
 SMALL_FILE = 60 * 1024  # bytes: below framing.INLINE_MAX, so read inline by the producer
@@ -98,11 +102,12 @@ def read_exactly(stream: io.BufferedReader, size: int) -> bytes:
     return data
 
 
-def read_member_header(stream: io.BufferedReader) -> tuple[str, int]:
-    """Name and size of the next outer member (plain ustar: layer names are short)."""
+def read_member_header(stream: io.BufferedReader) -> tuple[str, int, bytes]:
+    """Name and size of the next outer member (plain ustar: layer names are short), and
+    the header block read."""
     header = read_exactly(stream, BLOCK)
     name = header[:100].rstrip(b"\0").decode()
-    return name, int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+    return name, int(header[124:136].rstrip(b"\0 ") or b"0", 8), header
 
 
 def finish(proc: subprocess.Popen[bytes], stdout: bytes) -> tuple[int, bytes, bytes]:
@@ -117,37 +122,69 @@ def finish(proc: subprocess.Popen[bytes], stdout: bytes) -> tuple[int, bytes, by
 
 
 @pytest.mark.parametrize("restore_mtime", [False, True], ids=["new-mtime", "mtime-restored"])
-def test_file_changed_between_passes_fails_naming_it(store: Store, restore_mtime: bool) -> None:
+@pytest.mark.parametrize("spool", ["spooled", "framed-again"])
+def test_file_changed_between_passes_never_disagrees_with_its_digest(
+    store: Store, restore_mtime: bool, spool: str
+) -> None:
     # Layer 2 is FILLER_FILES small files, then the victim: its outer header on stdout
     # proves its hash pass is done, and the bounded pipeline can't have read the victim
     # yet while this reader holds back. The reference writes a wrong diff_id and exits 0.
+    # A layer framed again from the store fails naming the file; a spooled one sends the
+    # bytes its pass hashed (the victim as it was): an image true to its digests.
     late = add_layer(store, "late-layer")
     for i in range(FILLER_FILES):
         (store.root / late / f"filler-{i:03}").write_bytes(os.urandom(SMALL_FILE))
     victim = store.root / late / "zz-victim"
     victim.write_bytes(b"a" * 1000)
     store.write_conf()
-    with popen(store) as proc:
-        check_late_change(store, proc, victim, restore_mtime)
+    args = ["--spool-max", "0"] if spool == "framed-again" else []
+    with popen(store, *args) as proc:
+        status, stdout, stderr = check_late_change(store, proc, victim, restore_mtime)
+    if spool == "framed-again":
+        assert_failed(status, stdout, stderr, 1, f"{victim.parent.name}/zz-victim", "changed")
+        return
+    assert status == 0, stderr
+    layers = layers_as_configured(stdout)
+    assert len(layers) == len(store.layers) + 1  # and the customisation layer
+    late_layer = layers[len(store.layers) - 1]
+    assert member_content(late_layer, f"/{late}/zz-victim") == b"a" * 1000  # as hashed
+
+
+def member_content(layer: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
+        source = tar.extractfile(name)
+        assert source is not None, name
+        return source.read()
+
+
+def layers_as_configured(archive: bytes) -> list[bytes]:
+    """A docker-archive's layers (uncompressed), each checked to be the one its config's
+    rootfs.diff_ids names."""
+    members = tar_members(archive)
+    (manifest,) = json.loads(members["manifest.json"])
+    diff_ids = json.loads(members[manifest["Config"]])["rootfs"]["diff_ids"]
+    layers = [uncompressed(members[name]) for name in manifest["Layers"]]
+    assert [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers] == diff_ids
+    return layers
 
 
 def check_late_change(
     store: Store, proc: subprocess.Popen[bytes], victim: Path, restore_mtime: bool
-) -> None:
+) -> tuple[int, bytes, bytes]:
     assert proc.stdout is not None
-    seen = b""
+    seen = b""  # every byte read so far: with the rest, the whole output
     for _ in range(len(store.layers) - 1):
-        name, size = read_member_header(proc.stdout)  # type: ignore[arg-type]
+        name, size, header = read_member_header(proc.stdout)  # type: ignore[arg-type]
         assert name.endswith("/layer.tar")
-        seen += read_exactly(proc.stdout, size + -size % BLOCK)  # type: ignore[arg-type]
-    name, _ = read_member_header(proc.stdout)  # type: ignore[arg-type]
+        seen += header + read_exactly(proc.stdout, size + -size % BLOCK)  # type: ignore[arg-type]
+    name, _, header = read_member_header(proc.stdout)  # type: ignore[arg-type]
     assert name.endswith("/layer.tar")  # the late layer: hashed, and streaming
+    seen += header
     before = victim.stat()
     victim.write_bytes(b"b" * 1000)  # same size, new content
     if restore_mtime:
         os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # ctime still moves
-    status, stdout, stderr = finish(proc, seen)
-    assert_failed(status, stdout, stderr, 1, f"{victim.parent.name}/zz-victim", "changed")
+    return finish(proc, seen)
 
 
 @pytest.mark.parametrize("hash_in", HASH_IN)
@@ -156,7 +193,7 @@ def check_late_change(
     [(), ("--spool-max", "0"), ("--compress", "gzip")],
     ids=["spooled", "framed-again", "gzip-spooled"],
 )
-def test_file_changed_between_passes_in_process_fails(
+def test_file_changed_between_passes_in_process(
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -164,6 +201,7 @@ def test_file_changed_between_passes_in_process_fails(
     hash_in: str,
 ) -> None:
     victim = store.root / store.layers[1][0] / "bin" / "hello"
+    hashed_bytes = victim.read_bytes()
     original = HashPass.result
 
     async def result_then_change(self: HashPass, index: int) -> LayerHash:
@@ -177,8 +215,15 @@ def test_file_changed_between_passes_in_process_fails(
     monkeypatch.setattr(HashPass, "result", result_then_change)
     output = tmp_path / "image.tar"
     status, stderr = main_in_process(store, monkeypatch, output, "--hash-in", hash_in, *args)
-    assert_failed(status, b"", stderr, 1, "bin/hello", "changed between the hash pass")
-    assert not (tmp_path / "image.tar").exists()
+    if "--spool-max" in args:  # framed again from the store: the change is found
+        assert_failed(status, b"", stderr, 1, "bin/hello", "changed between the hash pass")
+        assert not (tmp_path / "image.tar").exists()
+        return
+    # sent from its spool: the bytes hashed, the file as it was (compressed, if it was)
+    assert status == 0, stderr
+    layer = layers_as_configured(output.read_bytes())[1]
+    assert victim.read_bytes() != hashed_bytes
+    assert member_content(layer, f"/{store.layers[1][0]}/bin/hello") == hashed_bytes
 
 
 def main_in_process(
@@ -449,8 +494,10 @@ def test_every_stopping_signal_cleans_up_as_int_and_term_do(
 # --- in-process fault injection into the pipeline ------------------------------------
 
 
-async def build(store: Store, sink: Sink, processes: bool = False) -> None:
+async def build(store: Store, sink: Sink, processes: bool = False, spool_max: int = -1) -> None:
     options = Options(hash_workers=2, hash_in_processes=processes)
+    if spool_max >= 0:
+        options = dataclasses.replace(options, spool_max=spool_max)
     await build_docker_archive(store.conf, sink, options)
 
 
@@ -530,5 +577,5 @@ async def test_changed_error_is_raised_not_written(
     monkeypatch.setattr(HashPass, "result", result_then_change)
     sink = FailingSink(1 << 30)
     with anyio.fail_after(STOP_BOUND), pytest.RaisesGroup(ChangedError, flatten_subgroups=True):
-        await build(in_store, sink, processes)
+        await build(in_store, sink, processes, spool_max=0)  # framed again: the walk sees it
     assert b"manifest.json" not in bytes(sink.data)

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from streamimage.engine import frames
-from streamimage.engine.frames import FrameStore, frames_chunks
+from streamimage.engine.frames import FrameStore
 from streamimage.engine.framing import SpoolRange
 from streamimage.engine.scheduler import THREAD_MAX_ENTRIES
-from streamimage.engine.spool import Segment
+from streamimage.engine.spool import Segment, sent_chunks
 from tests import storegen
 from tests.failures import Store, chunk_bytes, tool_env
 from tests.test_cache import CACHE_ON, aged_store, image, oracle, run
@@ -222,7 +222,7 @@ def test_kept_frames_are_sent_from_the_files_load_opened(tmp_path: Path) -> None
     loaded = kept.load("k" * 64, "fp", "sha256:" + "0" * 64)
     assert loaded is not None
     try:
-        pieces = list(frames_chunks(loaded.fds, loaded.segments, "layer 1"))
+        pieces = list(sent_chunks(loaded.fds, loaded.segments, "layer 1"))
         assert all(isinstance(piece, SpoolRange) for piece, _ in pieces)
         assert [entries for _, entries in pieces] == [1, 2]
         (name,) = kept_files(tmp_path)  # FrameStore's directory is tmp_path / FRAMES_DIR
@@ -248,7 +248,7 @@ def test_a_spool_file_without_a_name_is_copied(tmp_path: Path) -> None:
     loaded = kept.load("k" * 64, "fp", "sha256:" + "0" * 64)
     assert loaded is not None
     try:
-        chunks = frames_chunks(loaded.fds, loaded.segments, "l")
+        chunks = sent_chunks(loaded.fds, loaded.segments, "l")
         assert chunk_bytes(piece for piece, _ in chunks) == data
     finally:
         loaded.close()

@@ -10,6 +10,7 @@ failure; spool files never outlive the run or show in the directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from streamimage.engine import framing
-from streamimage.engine.framing import Chunk, FileSpan, layer_chunks, read_span
+from streamimage.engine.framing import FileSpan, SpoolRange, layer_chunks, read_span
 from streamimage.engine.hashing import LayerHash, Spooled, hash_layer, hash_layer_head
 from streamimage.engine.listing import count_below, place_of
 from streamimage.engine.scheduler import SPLIT_MIN_ENTRIES, STREAM_RATE
@@ -30,10 +31,10 @@ from streamimage.engine.spool import (
     Segment,
     SpoolBudget,
     SpoolFile,
+    sent_chunks,
     spool_part,
-    spooled_chunks,
 )
-from streamimage.engine.walk import Entry, LayerPart
+from streamimage.engine.walk import LayerPart
 from streamimage.errors import ChangedError, OutputError
 from streamimage.options import UNCOMPRESSED, Options
 from streamimage.tarheader import HeaderEncoder
@@ -158,60 +159,53 @@ def spooled(store: Store, fd: int) -> tuple[list[str], LayerHash, tuple[Segment,
     return paths, result, spool_of(result).segments
 
 
-def test_each_entry_is_checked_before_the_bytes_that_frame_it(store: Store, spool_fd: int) -> None:
+def sent(fds: list[int], segments: tuple[Segment, ...]) -> bytes:
+    """What the stream pass of a spooled layer sends, large files read in."""
+    return chunk_bytes(chunk for chunk, _ in sent_chunks(fds, segments, "layer 1"))
+
+
+def test_a_spooled_layer_is_sent_from_its_spool(store: Store, spool_fd: int) -> None:
     paths, result, segments = spooled(store, spool_fd)
-    checked: list[str] = []
-
-    def on_entry(entry: Entry) -> None:
-        result.witness.check(entry)
-        checked.append(entry.path)
-
-    out = bytearray()
-    for segment, chunk in zip(
-        segments, spooled_chunks([spool_fd], segments, paths, on_entry), strict=True
-    ):
-        assert len(checked) >= segment.entries
-        out += b"<span>" if isinstance(chunk, FileSpan) else chunk_bytes([chunk])
-    result.witness.check_complete("layer")
-    assert len(checked) == len(result.witness)
-    assert out.count(b"<span>") == 1
-
-
-def drain(chunks: Iterator[Chunk], into: bytearray) -> None:
-    for chunk in chunks:
-        into += b"<span>" if isinstance(chunk, FileSpan) else chunk_bytes([chunk])
+    pieces = list(sent_chunks([spool_fd], segments, "layer 1"))
+    assert [type(chunk) for chunk, _ in pieces].count(FileSpan) == 1  # the large file
+    assert all(isinstance(chunk, (SpoolRange, FileSpan)) for chunk, _ in pieces)  # no bytes
+    assert [entries for _, entries in pieces] == [s.entries for s in segments]
+    data = sent([spool_fd], segments)
+    assert data == framed(paths)
+    assert f"sha256:{hashlib.sha256(data).hexdigest()}" == str(result.diff_id)
 
 
 @pytest.mark.parametrize("change", ["content", "removed", "added"])
-def test_a_store_changed_after_the_hash_pass_fails_the_stream_pass(
+def test_a_store_changed_after_the_hash_pass_streams_what_was_hashed(
     store: Store, spool_fd: int, change: str
 ) -> None:
+    # The spool holds the bytes that were hashed: the layer streamed is the store as its
+    # hash pass saw it, never bytes that disagree with its digests (the reference's fault).
     paths, result, segments = spooled(store, spool_fd)
+    before = framed(paths)
     lib = Path(paths[0]) / "lib"
     if change == "content":
         (lib / "f0200").write_bytes(b"x" * 4096)  # same size: ctime and mtime move
-        expected = "f0200: changed between the hash pass and the stream pass"
     elif change == "removed":
         (lib / "f0200").unlink()
-        expected = "changed between the hash pass and the stream pass"
     else:
-        (Path(paths[0]) / "zz-new").write_bytes(b"new")  # its directory changes too
-        expected = f"{paths[0]}: changed between the hash pass and the stream pass"
-    sent = bytearray()
-    chunks = spooled_chunks([spool_fd], segments, paths, result.witness.check)
-    with pytest.raises(ChangedError, match=expected):
-        drain(chunks, sent)
-    if change == "content":  # files before it went out, nothing of it did
-        assert f"/{paths[0]}/lib/f0100".encode() in sent
-        assert f"/{paths[0]}/lib/f0200".encode() not in sent
+        (Path(paths[0]) / "zz-new").write_bytes(b"new")
+    assert framed(paths) != before
+    data = sent([spool_fd], segments)
+    assert data == before
+    assert f"sha256:{hashlib.sha256(data).hexdigest()}" == str(result.diff_id)
 
 
-def test_entries_gone_from_the_end_fail_the_stream_pass(store: Store, spool_fd: int) -> None:
-    paths, result, segments = spooled(store, spool_fd)
-    (Path(paths[0]) / "share").rmdir()  # the last entry walked
-    with pytest.raises(ChangedError, match=r"disappeared|changed between"):
-        for _ in spooled_chunks([spool_fd], segments, paths, result.witness.check):
-            pass
+def test_a_large_file_changed_after_the_hash_pass_fails_the_stream_pass(
+    store: Store, spool_fd: int
+) -> None:
+    # Large files are sent from the store, each held to the identity it was hashed with.
+    _, _, segments = spooled(store, spool_fd)
+    (span,) = (s.span for s in segments if s.span is not None)
+    big = Path(span.path)
+    big.write_bytes(big.read_bytes()[::-1])  # the same size, other bytes
+    with pytest.raises(ChangedError, match=f"{big.name}: changed"):
+        sent([spool_fd], segments)
 
 
 def test_the_budget_counts_every_pass_and_comes_back(tmp_path: Path) -> None:
@@ -392,10 +386,7 @@ def test_a_split_pass_is_the_whole_pass(
             position += segment.size
             framed_here = sum(1 for end in ends if end <= position)
             assert framed_here <= segment.entries + 2  # /nix/ and /nix/store/: no entries
-        fds = [head_fd, helper_fd]
-        checked = spooled_chunks(fds, segments, paths, result.witness.check)
-        assert chunk_bytes(checked) == framed(paths)
-        result.witness.check_complete("layer")
+        assert sent([head_fd, helper_fd], segments) == framed(paths)
     finally:
         os.close(head_fd)
         os.close(helper_fd)

@@ -31,10 +31,10 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from streamimage.engine.framing import Chunk, FileSpan, SpoolRange
+from streamimage.engine.framing import FileSpan
 from streamimage.engine.spool import Segment, Segments
 from streamimage.engine.walk import FileIdentity
 
@@ -259,17 +259,3 @@ def _link_or_copy(fd: int, path: str) -> None:
         os.unlink(path)
         raise
     os.close(out)
-
-
-def frames_chunks(
-    fds: Sequence[int], segments: Segments, label: str
-) -> Iterator[tuple[Chunk, int]]:
-    """The chunks of a layer from its kept frames (``load``'s, checked then), each with
-    the entries framed up to its end: the spooled pieces as ranges of the kept spool files
-    (sent, never read here), and large files' spans."""
-    for segment in segments:
-        if segment.span is not None:
-            yield segment.span, segment.entries
-        else:
-            name = f"{label}: its kept frames"
-            yield SpoolRange(fds[segment.file], segment.offset, segment.size, name), segment.entries

@@ -5,9 +5,11 @@ store of many small files, and without a spool the stream pass pays it twice. Wi
 the hash pass writes what it framed, but large files' content (FileSpans, sent from the
 store as before), to an unlinked temporary file; the stream pass sends its pieces from
 it (SpoolRanges: sendfile, never read back into memory).
-Rule 1: the stream pass still walks the store and holds every entry to the hash pass's
-witness before the spooled bytes that frame it go out (``Segment.entries``), so a store
-that changes between the passes fails the run as before; what goes out is what was hashed.
+Rule 1: what goes out is what was hashed: the spool holds the bytes the pass hashed (it
+tees them), so the stream pass sends them as they are, without walking the store again; a
+large file is sent from the store, held to the identity it was hashed with, before and
+after (a change fails the run). A store that changes after a layer's hash pass can't make
+the image disagree with its digests: the layer is the store as its pass saw it.
 Rule 2: spooling is an optimisation, never a failure: over its budget, or when the spool
 can't be created or written (a full disk), the layer is framed again from the store.
 """
@@ -20,13 +22,11 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from multiprocessing.connection import Connection
 
 from streamimage.engine.framing import Chunk, FileSpan, SpoolRange, Witness, layer_chunks
-from streamimage.engine.walk import Entry, LayerPart, walk_store_path
+from streamimage.engine.walk import LayerPart
 from streamimage.engine.workers import SHARED
-from streamimage.errors import ChangedError
 from streamimage.tarheader import HeaderEncoder
 
 PIECE = 1024 * 1024  # bytes: the spool is written, and released to the stream, in pieces
@@ -240,37 +240,17 @@ def segment_chunks(fd: int, segments: Segments) -> Iterator[Chunk]:
         yield segment.span if segment.span is not None else _read(fd, segment)
 
 
-def spooled_chunks(
-    fds: Sequence[int],
-    segments: Segments,
-    store_paths: Sequence[str],
-    on_entry: Callable[[Entry], None],
-) -> Iterator[Chunk]:
-    """The stream pass of a spooled layer: the chunks of ``layer_chunks``, from the spool,
-    each after ``on_entry`` has seen every entry it frames (walked again from the store).
-
-    Raises:
-        StoreError: a store path can't be walked.
-        ChangedError: an entry changed (from on_entry), or entries disappeared.
-    """
-    walked = chain.from_iterable(walk_store_path(path) for path in store_paths)
-    seen = 0
+def sent_chunks(fds: Sequence[int], segments: Segments, label: str) -> Iterator[tuple[Chunk, int]]:
+    """The chunks of a spooled layer as its stream pass sends them, each with the entries
+    framed up to its end: the spooled pieces as ranges of the spool files ``fds`` (sent,
+    never read here: the bytes that were hashed), large files' FileSpans (sent from the
+    store, each held to the identity it was hashed with). ``label`` names the layer."""
+    name = f"{label}: its spool"
     for segment in segments:
-        while seen < segment.entries:
-            entry = next(walked, None)
-            if entry is None:
-                raise ChangedError(
-                    f"{store_paths[-1]}: entries disappeared between the hash and stream passes"
-                )
-            on_entry(entry)
-            seen += 1
         if segment.span is not None:
-            yield segment.span
+            yield segment.span, segment.entries
         else:
-            name = f"the spool of {store_paths[-1] if store_paths else 'an empty layer'}"
-            yield SpoolRange(fds[segment.file], segment.offset, segment.size, name)
-    for entry in walked:
-        on_entry(entry)  # one more than the hash pass saw: the witness refuses it
+            yield SpoolRange(fds[segment.file], segment.offset, segment.size, name), segment.entries
 
 
 class SpoolBudget:

@@ -1,11 +1,11 @@
 """A store layer: the layer tar of some store paths, framed by the engine.
 
 ASYNC at its digests (they wait for the layer's hash pass), blocking in its chunks.
-Rule: every entry streamed is held to what the hash pass saw (its Witness), walked again
-from the store before the bytes that frame it go out, copied from the spool or framed
-again; a layer that streams other entries, or fewer, fails with a ChangedError. The one
-exception: a layer copied from kept frames (a digest cache hit, frames.py), whose entries
-the cache's lookup has just walked; its large files are still held to their identity. A
+Rule: what a layer streams is what its hash pass hashed. A spooled layer (or one with
+kept frames, a digest cache hit: frames.py) is sent from its spool, the bytes that were
+hashed, its large files from the store, each held to the identity it was hashed with; a
+layer framed again from the store holds every entry to what the hash pass saw (its
+Witness), and one that streams other entries, or fewer, fails with a ChangedError. A
 layer with no hash pass (``streamed``: a push to a new repository) is framed once, what it
 frames recorded, and its digests are those of what its writer sent.
 """
@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from streamimage.engine.frames import frames_chunks
 from streamimage.engine.framing import Chunk, Witness, layer_chunks
 from streamimage.engine.hashing import LayerHash
 from streamimage.engine.scheduler import HashPass
-from streamimage.engine.spool import spooled_chunks
+from streamimage.engine.spool import sent_chunks
 from streamimage.engine.walk import Entry
 from streamimage.imagejson import MEDIA_TYPE_LAYER, Descriptor, Digest, layer_media_type_of
 from streamimage.layers import STORE, Layer
@@ -91,9 +90,7 @@ class StoreLayer(Layer):
         spooled = found.spooled
         if spooled is None or spooled.compressed or not self._hashes.spool_fds(self._index):
             return self._framed(found)
-        if spooled.kept:
-            return self._kept(found)
-        return self._copied(found)
+        return self._sent(found)
 
     def compressed_chunks(self, compression: Compression) -> Iterator[Chunk] | None:
         found = self._hashes.known(self._index)
@@ -101,7 +98,7 @@ class StoreLayer(Layer):
             return None
         if not found.spooled.compressed or not self._hashes.spool_fds(self._index):
             return None
-        return self._copied(found)
+        return self._sent(found)
 
     def release(self) -> None:
         self._hashes.release(self._index)
@@ -138,23 +135,16 @@ class StoreLayer(Layer):
         yield from layer_chunks(self.history, self._encoder, self._on_entry(found))
         found.witness.check_complete(self._label())
 
-    def _copied(self, found: LayerHash) -> Iterator[Chunk]:
-        """Copied from the spool, every entry checked before the bytes that frame it."""
+    def _sent(self, found: LayerHash) -> Iterator[Chunk]:
+        """Sent from the spool its hash pass wrote, or from the frames an earlier run kept
+        (whose entries the cache's lookup has just walked): the bytes that were hashed,
+        neither framed nor walked again."""
         assert found.spooled is not None
         self._timeline.spooled = found.spooled.size
-        fds = self._hashes.spool_fds(self._index)
-        found.witness.rewind()  # a stream pass again (a retried upload) starts over
-        yield from spooled_chunks(fds, found.spooled.segments, self.history, self._on_entry(found))
-        found.witness.check_complete(self._label())
-
-    def _kept(self, found: LayerHash) -> Iterator[Chunk]:
-        """Sent from the frames an earlier run kept (checked by the cache's lookup)."""
-        assert found.spooled is not None
-        self._timeline.spooled = found.spooled.size
-        self._timeline.kept = True
+        self._timeline.kept = found.spooled.kept
         fds = self._hashes.spool_fds(self._index)
         counted = 0
-        for chunk, entries in frames_chunks(fds, found.spooled.segments, self._label()):
+        for chunk, entries in sent_chunks(fds, found.spooled.segments, self._label()):
             self._counter.files += entries - counted
             counted = entries
             yield chunk
