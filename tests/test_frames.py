@@ -323,3 +323,26 @@ def test_a_run_prunes_once_at_its_first_save(
         os.close(fd)
     assert calls == [1]
     assert len(list((tmp_path / "frames").glob("*.json"))) == 3
+
+
+def test_a_spool_file_made_with_o_tmpfile_is_linked_not_copied(tmp_path: Path) -> None:
+    # A run's spool (O_TMPFILE where the file system has it) becomes the kept file itself:
+    # no copy of its bytes (310 MB on the nixpkgs shape).
+    fd = os.open(tmp_path, os.O_TMPFILE | os.O_RDWR, 0o600)
+    data = os.urandom(10_000)
+    os.write(fd, data)
+    try:
+        kept = FrameStore(str(tmp_path / "frames"))
+        kept.save("k" * 64, "fp", "sha256:" + "0" * 64, [fd], _segments(data))
+        (name,) = kept_files(tmp_path)
+        assert os.stat(name).st_ino == os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+    loaded = kept.load("k" * 64, "fp", "sha256:" + "0" * 64)
+    assert loaded is not None
+    try:
+        assert (
+            chunk_bytes(piece for piece, _ in sent_chunks(loaded.fds, loaded.segments, "l")) == data
+        )
+    finally:
+        loaded.close()

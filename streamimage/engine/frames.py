@@ -242,8 +242,14 @@ def _link_or_copy(fd: int, path: str) -> None:
         OSError: neither can be made.
     """
     with contextlib.suppress(OSError):
-        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
-        return
+        # linkat(2) with AT_SYMLINK_FOLLOW through /proc/self/fd/N: CPython calls plain
+        # link(2) (which links the magic symlink itself: EXDEV) unless a dir fd is given
+        proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
+            return
+        finally:
+            os.close(proc)
     size = os.fstat(fd).st_size
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
