@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from streamimage.engine import cache as cache_module
 from streamimage.engine.cache import DATABASE, RACY_SECONDS, KeyContext, LayerCache, open_cache
 from streamimage.engine.hashing import hash_layer
 from streamimage.engine.scheduler import THREAD_MAX_ENTRIES
 from streamimage.engine.timeline import Timeline
+from streamimage.imagejson import Digest
 from streamimage.options import UNCOMPRESSED
 from streamimage.tarheader import HeaderEncoder
 from tests import storegen
@@ -33,6 +35,7 @@ CACHE_ON = {"STREAMIMAGE_NO_CACHE": ""}  # conftest turns it off for every other
 
 
 ENCODER = HeaderEncoder(uid=0, gid=0, uname="root", gname="root", mtime=1)
+DIGEST = Digest.parse("sha256:" + "0" * 64)
 
 
 def aged_store(parent: Path) -> Store:
@@ -358,3 +361,37 @@ def test_a_store_path_gone_still_fails_by_name(store: Store, tmp_path: Path) -> 
     image(store, cache)
     shutil.rmtree(store.root / store.layers[1][0])
     assert_run_failed(run(store, cache), 1, store.layers[1][0], "does not exist")
+
+
+def test_the_first_store_of_a_run_prunes_old_and_surplus_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not used for KEEP_SECONDS: gone; beyond KEEP_ENTRIES: the least recently used go.
+    # Once a run: a prune sorts the whole table, and a run stores one entry per layer.
+    monkeypatch.setattr(cache_module, "KEEP_ENTRIES", 5)
+    entry = cache_module.CachedDigests("fp", DIGEST, 1, DIGEST, 1)
+    db = open_cache(str(tmp_path))
+    now = time.time()
+    with db._db:
+        for n in range(8):  # used 1 to 8 s ago: 0 the most recently
+            db._db.execute(
+                "INSERT INTO layers VALUES (?, 'fp', ?, 1, ?, 1, ?, 'x')",
+                (f"old{n}", str(DIGEST), str(DIGEST), now - 1 - n),
+            )
+        db._db.execute(  # unused for too long, however few the entries
+            "INSERT INTO layers VALUES ('stale', 'fp', ?, 1, ?, 1, ?, 'x')",
+            (str(DIGEST), str(DIGEST), now - cache_module.KEEP_SECONDS - 10),
+        )
+    db.put("new0", entry)
+    assert keys_in(db) == {"new0", "old0", "old1", "old2", "old3"}
+    db.put("new1", entry)  # the same run: no second prune
+    assert keys_in(db) == {"new0", "new1", "old0", "old1", "old2", "old3"}
+    db.close()
+    again = open_cache(str(tmp_path))  # the next run prunes at its first store
+    again.put("new2", entry)
+    assert keys_in(again) == {"new0", "new1", "new2", "old0", "old1"}
+    again.close()
+
+
+def keys_in(db: cache_module.DigestCache) -> set[str]:
+    return {key for (key,) in db._db.execute("SELECT key FROM layers")}

@@ -126,6 +126,7 @@ class DigestCache:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._pruned = False  # put prunes once a run (see put)
         try:
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -192,7 +193,9 @@ class DigestCache:
         return found
 
     def put(self, key: str, entry: CachedDigests) -> None:
-        """Remember ``entry`` under ``key`` (replacing what was there), and prune."""
+        """Remember ``entry`` under ``key`` (replacing what was there); the first put of
+        a run (of this connection) prunes too: a prune sorts the whole table (46 ms at
+        KEEP_ENTRIES rows here), and a run puts up to one entry per layer."""
         now = time.time()
         try:
             with self._db:
@@ -209,12 +212,14 @@ class DigestCache:
                         entry.checksum(key),
                     ),
                 )
-                self._db.execute("DELETE FROM layers WHERE used < ?", (now - KEEP_SECONDS,))
-                self._db.execute(
-                    "DELETE FROM layers WHERE key NOT IN "
-                    "(SELECT key FROM layers ORDER BY used DESC LIMIT ?)",
-                    (KEEP_ENTRIES,),
-                )
+                if not self._pruned:
+                    self._db.execute("DELETE FROM layers WHERE used < ?", (now - KEEP_SECONDS,))
+                    self._db.execute(
+                        "DELETE FROM layers WHERE key NOT IN "
+                        "(SELECT key FROM layers ORDER BY used DESC LIMIT ?)",
+                        (KEEP_ENTRIES,),
+                    )
+            self._pruned = True
         except sqlite3.Error as exc:
             raise CacheUnavailable(f"{self.path}: {exc}") from None
 
