@@ -46,7 +46,7 @@ class SpoolRange:
     fd: int
     offset: int
     size: int
-    name: str  # what the spool is, for errors: "store layer 3 (/nix/store/...)'s spool"
+    name: str  # what the spool is, for errors: "store layer 3 (/nix/store/...): its spool"
 
 
 Chunk = bytes | FileSpan | SpoolRange

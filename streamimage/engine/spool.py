@@ -183,22 +183,6 @@ def write_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _read(fd: int, segment: Segment) -> bytes:
-    """The bytes of ``segment`` from the spool ``fd``.
-
-    Raises:
-        OSError: it is shorter (EIO) or can't be read.
-    """
-    offset, size = segment.offset, segment.size
-    data = os.pread(fd, size, offset)
-    while len(data) < size:
-        more = os.pread(fd, size - len(data), offset + len(data))
-        if not more:
-            raise OSError(errno.EIO, "the spool is shorter than written")
-        data += more
-    return data
-
-
 @dataclass(frozen=True, slots=True)
 class SpooledPart:
     """What a split hash pass's helper spooled: a later part of a layer, framed apart."""
@@ -235,9 +219,13 @@ def spool_part(
 
 
 def segment_chunks(fd: int, segments: Segments) -> Iterator[Chunk]:
-    """The chunks of a part spooled into ``fd``: its bytes, read back, and its FileSpans."""
+    """The chunks of a part spooled into ``fd``: ranges of it (read back by whoever hashes
+    them: read_span), and its FileSpans."""
     for segment in segments:
-        yield segment.span if segment.span is not None else _read(fd, segment)
+        if segment.span is not None:
+            yield segment.span
+        else:
+            yield SpoolRange(fd, segment.offset, segment.size, "a split pass's helper spool")
 
 
 def sent_chunks(fds: Sequence[int], segments: Segments, label: str) -> Iterator[tuple[Chunk, int]]:
