@@ -10,15 +10,17 @@
 #       [--shape default|small-files|nixpkgs] [--consumer process|harness] [--warm]
 #       [--json FILE] [--tool-cmd "python3 -m streamimage"] [--si-args="--compress gzip"]
 #       [--baseline-cmd "env PYTHONPATH=/tmp/before python3 -P -m streamimage"]
-#       [--skip-reference]
+#       [--skip-reference] [--replay]
 from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +50,18 @@ STREAMIMAGE = "streamimage"
 BASELINE = "baseline"
 FLOOR = "floor: tar|openssl"
 TAR_TO_HARNESS = "tar -> harness"
+REPLAY = "bound: image replay"
+# The finished image sent again by the least a Python process can do: one sendfile loop
+# from the page cache into the same pipe and consumer. No producer of the image beats it
+# on this machine (it does none of the work); a tool's time over it is the tool's own cost,
+# its time over the floor's is the consumer's limit.
+REPLAY_SCRIPT = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "size, offset = os.fstat(fd).st_size, 0\n"
+    "while offset < size:\n"
+    "    offset += os.sendfile(1, fd, offset, size - offset)\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +213,21 @@ def warm_contenders(args: argparse.Namespace, bench: Corpus, log: Path) -> list[
     return found
 
 
+def replay_contender(args: argparse.Namespace, bench: Corpus, log: Path, scratch: str) -> Contender:
+    """The REPLAY row: streamimage's image, written once (untimed, cache off) into
+    ``scratch`` (beside the corpus: the same file system, so the same page cache), sent
+    from there with sendfile by REPLAY_SCRIPT."""
+    image = os.path.join(scratch, "image.tar")
+    argv = (*COLD, *shlex.split(args.tool_cmd), bench.conf, *args.si_args)
+    with open(image, "wb") as out, open(log, "ab") as err:
+        err.write(f"=== replay (image): {shlex.join(argv)}\n".encode())
+        err.flush()
+        done = subprocess.run(argv, stdout=out, stderr=err, cwd=REPO_ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"writing the image to replay failed: {log_tail(log)}")
+    return Contender(REPLAY, (sys.executable, "-c", REPLAY_SCRIPT, image), "floor")
+
+
 def settle(bench: Corpus) -> None:
     """Waits until the corpus is older than the cache's RACY_SECONDS: streamimage does not
     store the digests of a store changed that recently, so a fill run right after the
@@ -288,7 +317,9 @@ def identical_outputs(*summaries: Summary) -> bool:
     return not any(s.failures for s in summaries) and len(hashes) == 1
 
 
-def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) -> Report:
+def run_all(
+    args: argparse.Namespace, bench: Corpus, log: Path, pycache: str, scratch: str | None = None
+) -> Report:
     field = contenders(args, bench, pycache)
     named = {c.name: c for c in field}
     names = [os.path.relpath(path, bench.store_dir) for path in bench.store_paths]
@@ -299,6 +330,8 @@ def run_all(args: argparse.Namespace, bench: Corpus, log: Path, pycache: str) ->
         raise RuntimeError(f"warm-up tar failed ({warm.exit_code}): {log_tail(log)}")
     if args.warm:
         field += warm_contenders(args, bench, log)
+    if scratch is not None:
+        field.append(replay_contender(args, bench, log, scratch))
     if BASELINE in named:
         # One untimed run writes the baseline's bytecode to its cache, as compile_package
         # does for streamimage: otherwise every timed run would compile its modules again
@@ -413,6 +446,18 @@ def render(report: Report) -> str:
     lines.append(f"streamimage / floor (tar|openssl): {report.si_over_floor:.2f}x")
     by_name = {s.name: s for s in report.summaries}
     cold, floor, ref = by_name[STREAMIMAGE], by_name[FLOOR], by_name.get(REFERENCE)
+    replay = by_name.get(REPLAY)
+    if replay is not None:
+        same = "yes" if replay.sha256s == cold.sha256s else "NO"
+        over = ", ".join(
+            f"{row.name} / it {row.median_s / replay.median_s:.2f}x"
+            for row in (cold, by_name.get(WARM))
+            if row is not None
+        )
+        lines.append(
+            f"image replay (what no producer beats here): it / floor "
+            f"{replay.median_s / floor.median_s:.2f}x, {over}; same bytes as streamimage: {same}"
+        )
     for name in (WARM, ONE_CHANGED):
         row = by_name.get(name)
         if row is None:
@@ -458,6 +503,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also time streamimage with a filled digest cache (every layer a hit) and with "
         "the app's layer's entry dropped before each run (that layer hashed); the other "
         "streamimage rows run with the cache off",
+    )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="also time the finished image sent again with sendfile from the page cache (a"
+        " bound: the consumer's limit with a producer that does nothing; written once beside"
+        " the corpus, removed at the end)",
     )
     parser.add_argument("--corpus", type=Path, help="corpus dir (generated there if missing)")
     parser.add_argument("--scale", type=float, help="corpus scale (default 1)")
@@ -526,8 +578,14 @@ def main(argv: list[str] | None = None) -> int:
     log: Path = args.log or Path(bench.directory) / "logs" / "compare.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.write(f"compare: tools' stderr goes to {log}\n")
-    with tempfile.TemporaryDirectory(prefix="compare-baseline-pycache.") as pycache:
-        report = run_all(args, bench, log, pycache)
+    with contextlib.ExitStack() as stack:
+        pycache = stack.enter_context(tempfile.TemporaryDirectory(prefix="compare-pycache."))
+        scratch = None
+        if args.replay:
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="compare-replay.", dir=bench.directory)
+            )
+        report = run_all(args, bench, log, pycache, scratch)
     sys.stdout.write(render(report))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -98,6 +98,34 @@ def test_harness_mode_floor_pipes_tar_into_openssl(tmp_path: Path) -> None:
     assert field[compare.TAR_TO_HARNESS].argv[0] == "tar"
 
 
+@needs_openssl
+def test_replay_row_sends_the_tools_image_byte_for_byte(tmp_path: Path) -> None:
+    # A stand-in tool whose "image" spans several sendfile calls' worth of a pipe.
+    image = bytes(range(251)) * 9_000
+    writer = tmp_path / "tool.py"
+    writer.write_text("import sys\nsys.stdout.buffer.write(bytes(range(251)) * 9_000)\n")
+    args = compare.parse_args(
+        ["--skip-reference", "--replay", "--tool-cmd", f"{sys.executable} {writer}"]
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    row = compare.replay_contender(args, bench_corpus(tmp_path), tmp_path / "log", str(scratch))
+    result = run_once("replay", row.argv, consumer="process")
+
+    assert row.name == compare.REPLAY
+    assert row.role == "floor"
+    assert (result.exit_code, result.out_bytes) == (0, len(image))
+    assert result.sha256 == hashlib.sha256(image).hexdigest()
+
+
+def test_replay_row_refuses_a_tool_that_failed(tmp_path: Path) -> None:
+    args = compare.parse_args(["--skip-reference", "--tool-cmd", "false"])
+
+    with pytest.raises(RuntimeError, match="writing the image to replay failed"):
+        compare.replay_contender(args, bench_corpus(tmp_path), tmp_path / "log", str(tmp_path))
+
+
 def files_of(conf_path: str) -> dict[str, str]:
     """file name -> sha256, over every store path of the conf."""
     conf = json.loads(Path(conf_path).read_text())
