@@ -218,7 +218,7 @@ def replay_contender(args: argparse.Namespace, bench: Corpus, log: Path, scratch
     ``scratch`` (beside the corpus: the same file system, so the same page cache), sent
     from there with sendfile by REPLAY_SCRIPT."""
     image = os.path.join(scratch, "image.tar")
-    argv = (*COLD, *shlex.split(args.tool_cmd), bench.conf, *args.si_args)
+    argv = cold_tool_argv(args, bench)
     with open(image, "wb") as out, open(log, "ab") as err:
         err.write(f"=== replay (image): {shlex.join(argv)}\n".encode())
         err.flush()
@@ -251,8 +251,13 @@ def forget_app_layer(bench: Corpus, args: argparse.Namespace, cache: str) -> Non
         db.close()
 
 
+def cold_tool_argv(args: argparse.Namespace, bench: Corpus) -> tuple[str, ...]:
+    """streamimage as --tool-cmd runs it on the conf, with --si-args and its cache off."""
+    return (*COLD, *shlex.split(args.tool_cmd), bench.conf, *args.si_args)
+
+
 def contenders(args: argparse.Namespace, bench: Corpus, pycache: str) -> list[Contender]:
-    tool = (*COLD, *shlex.split(args.tool_cmd), bench.conf, *args.si_args)
+    tool = cold_tool_argv(args, bench)
     names = [os.path.relpath(path, bench.store_dir) for path in bench.store_paths]
     tar = ("tar", "-C", bench.store_dir, "-cf", "-", "--", *names)
     found = [Contender(STREAMIMAGE, tool, "tool", cache="cold")]
