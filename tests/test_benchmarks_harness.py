@@ -6,8 +6,10 @@ mode runs, reads and reports.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -96,6 +98,47 @@ def test_harness_mode_floor_pipes_tar_into_openssl(tmp_path: Path) -> None:
     assert field[compare.FLOOR].argv[:3] == ("bash", "-o", "pipefail")
     assert " ".join(CONSUMER_ARGV) in field[compare.FLOOR].argv[-1]
     assert field[compare.TAR_TO_HARNESS].argv[0] == "tar"
+
+
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache now (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with path.open("rb") as file:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value)
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, size)
+    return sum(byte & 1 for byte in vector.raw)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore, fadvise: Linux")
+def test_keep_hot_reads_evicted_files_back_into_the_page_cache(tmp_path: Path) -> None:
+    tree = tmp_path / "store" / "-odd name"
+    tree.mkdir(parents=True)
+    files = [tree / "a", tree / "b", tmp_path / "image.tar"]
+    for file in files:
+        file.write_bytes(os.urandom(256 * 1024))
+        fd = os.open(file, os.O_RDONLY)
+        os.fsync(fd)  # clean pages: DONTNEED drops them
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if any(resident_pages(file) for file in files):
+        pytest.skip("this file system keeps the pages (tmpfs)")
+
+    compare.keep_hot([str(tmp_path / "store"), str(tmp_path / "image.tar")])
+
+    every_page = 256 * 1024 // mmap.PAGESIZE
+    assert [resident_pages(file) for file in files] == [every_page] * 3
 
 
 @needs_openssl
