@@ -1,5 +1,6 @@
 """pipeline.py: ``stream_chunks`` moves a member's chunks to a sink, in order, in bounded
-batches, with a bounded producer, and an error on either side ends it with that error;
+batches, with a bounded producer (Named chunks made in the event loop, others in a worker
+thread), its lead first, and an error on either side ends it with that error;
 ``FdSink`` writes bytes and sends large files (falling back where sendfile can't).
 Oracles: the chunks given, read back from a recording sink or the output file; the
 kernel's own answers (EPIPE, EINVAL on O_APPEND, /dev/full's ENOSPC, F_GETPIPE_SZ).
@@ -12,6 +13,7 @@ import fcntl
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from streamimage.engine.framing import Chunk, FileSpan
+from streamimage.engine.framing import Chunk, FileSpan, Named
 from streamimage.engine.pipeline import (
     BATCH_BYTES,
     BATCH_SPANS,
@@ -215,6 +217,57 @@ async def test_an_error_from_the_chunks_ends_the_stream_with_that_error(fail_aft
     assert len(source.pulled) == fail_after
     written = sink.chunks()
     assert written == source.pulled[: len(written)]  # what went out came in that order
+
+
+async def test_the_lead_goes_out_in_the_first_write_and_is_not_counted() -> None:
+    chunks = mixed_chunks()
+    sink = RecordingSink(written=1000)
+    lead = b"h" * 1024  # a member's header after the padding of the member before
+    with anyio.fail_after(STOP_BOUND):
+        count = await stream_chunks(iter(chunks), sink, lead)
+    assert sink.batches[0][0] == lead
+    assert sink.chunks() == [lead, *chunks]
+    assert count == sum(map(size_of, chunks))
+    assert sink.written == 1000 + len(lead) + count
+
+
+async def test_a_lead_without_content_is_written_alone() -> None:
+    sink = RecordingSink()
+    with anyio.fail_after(STOP_BOUND):
+        assert await stream_chunks(iter([]), sink, b"h" * 512) == 0
+    assert sink.batches == [[b"h" * 512]]
+
+
+@pytest.mark.parametrize("named", [False, True])
+async def test_named_chunks_are_made_in_the_event_loop_and_others_in_a_worker_thread(
+    named: bool,
+) -> None:
+    loop_thread = threading.current_thread()
+    made_in: list[threading.Thread] = []
+
+    def source() -> Iterator[Chunk]:
+        for chunk in mixed_chunks():
+            made_in.append(threading.current_thread())
+            yield chunk
+
+    sink = RecordingSink()
+    with anyio.fail_after(STOP_BOUND):
+        await stream_chunks(Named(source()) if named else source(), sink)
+    assert sink.chunks() == mixed_chunks()
+    assert {thread is loop_thread for thread in made_in} == {named}
+
+
+async def test_named_chunks_are_closed_when_the_sink_fails() -> None:
+    source = Counted(iter([fake_span(1 << 20, f"span{i}") for i in range(2000)]))
+    with (
+        anyio.fail_after(STOP_BOUND),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(OutputError, match="reader went away"), flatten_subgroups=True
+        ),
+    ):
+        await stream_chunks(Named(source.chunks), FailingSink(1))
+    assert source.closed  # a layer's spool iterator is closed too
+    assert len(source.pulled) < 2000
 
 
 # --- FdSink --------------------------------------------------------------------------

@@ -20,21 +20,29 @@ DIRECTORY_MODE = 0o755  # of generated directories (blobs/, blobs/sha256/)
 
 
 class TarWriter:
-    """Writes tar members to a sink; generated members are owned by 0:0 with no names."""
+    """Writes tar members to a sink; generated members are owned by 0:0 with no names. A
+    streamed member's padding goes out with the next write (the next member's header, or
+    the end of the archive): a layer of a few small files is one write, not three."""
 
     def __init__(self, sink: Sink, mtime: int) -> None:
         self.sink = sink
         self.encoder = HeaderEncoder(uid=0, gid=0, uname="", gname="", mtime=mtime)
+        self._due = b""  # the last streamed member's padding, not written yet
+
+    def _take_due(self) -> bytes:
+        due, self._due = self._due, b""
+        return due
 
     def header(self, name: str, size: int) -> bytes:
         """The header of a generated regular file member."""
         return self.encoder.encode(name, REGTYPE, GENERATED_MODE, size)
 
     async def add_bytes(self, name: str, data: bytes) -> None:
-        await self.sink.write(self.header(name, len(data)) + data + padding(len(data)))
+        member = self.header(name, len(data)) + data + padding(len(data))
+        await self.sink.write(self._take_due() + member)
 
     async def add_directory(self, name: str) -> None:
-        await self.sink.write(self.encoder.encode(name, DIRTYPE, DIRECTORY_MODE))
+        await self.sink.write(self._take_due() + self.encoder.encode(name, DIRTYPE, DIRECTORY_MODE))
 
     async def add_stream(
         self, header: bytes, size: int, chunks: Iterator[Chunk], what: str
@@ -44,11 +52,11 @@ class TarWriter:
         Raises:
             ChangedError: the content was not the size the hash pass found.
         """
-        await self.sink.write(header)
-        written = await stream_chunks(chunks, self.sink)
+        written = await stream_chunks(chunks, self.sink, self._take_due() + header)
         if written != size:
             raise ChangedError(f"{what}: {size} bytes hashed but {written} streamed")
-        await self.sink.write(padding(size))
+        self._due = padding(size)
 
     async def close(self) -> None:
-        await self.sink.write(end_of_archive(self.sink.written))
+        due = self._take_due()
+        await self.sink.write(due + end_of_archive(self.sink.written + len(due)))

@@ -52,6 +52,25 @@ class SpoolRange:
 Chunk = bytes | FileSpan | SpoolRange
 
 
+class Named(Iterator[Chunk]):
+    """Chunks that name their bytes and read none to be made: spool ranges and large
+    files' spans (a spooled layer's, kept frames', the customisation layer's file). Their
+    producer needs no worker thread (pipeline.stream_chunks): the sink reads them."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class Witness:
     """What the hash pass saw of each entry, for the stream pass to hold it to."""
 

@@ -35,6 +35,7 @@ from anyio.from_thread import check_cancelled
 from streamimage.engine.framing import (
     Chunk,
     FileSpan,
+    Named,
     SpoolRange,
     check_unchanged,
     open_checked,
@@ -228,28 +229,38 @@ def _next_batch(chunks: Iterator[Chunk]) -> Batch:
 async def _produce(chunks: Iterator[Chunk], send: anyio.abc.ObjectSendStream[Batch]) -> None:
     async with send:
         try:
-            while batch := await anyio.to_thread.run_sync(_next_batch, chunks):
-                await send.send(batch)
+            if isinstance(chunks, Named):  # nothing to read: no thread hop per batch
+                while batch := _next_batch(chunks):
+                    await send.send(batch)
+            else:
+                while batch := await anyio.to_thread.run_sync(_next_batch, chunks):
+                    await send.send(batch)
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
 
 
-async def stream_chunks(chunks: Iterator[Chunk], sink: Sink) -> int:
-    """Stream one member's content: a producer task advances ``chunks`` in a worker thread
-    and sends batches of them through a bounded memory stream; this task, the consumer,
-    writes them to ``sink``.
+async def stream_chunks(chunks: Iterator[Chunk], sink: Sink, lead: bytes = b"") -> int:
+    """Stream one member's content: a producer task advances ``chunks`` (in a worker
+    thread, unless they are Named: they read nothing) and sends batches of them through a
+    bounded memory stream; this task, the consumer, writes them to ``sink``. ``lead`` (the
+    member's header, the padding of the member before) goes out first, in the same write
+    as the first batch: one thread hop for a small layer, not three.
 
-    Returns the number of content bytes written.
+    Returns the number of content bytes written (``lead`` not counted).
     """
-    start = sink.written
+    start = sink.written + len(lead)
     send, receive = anyio.create_memory_object_stream[Batch](STREAM_BUFFER)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_produce, chunks, send)
         async with receive:
             async for batch in receive:
+                if lead:
+                    batch, lead = [lead, *batch], b""
                 await sink.write_batch(batch)
+    if lead:  # no content
+        await sink.write(lead)
     return sink.written - start
 
 

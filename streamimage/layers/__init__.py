@@ -46,8 +46,8 @@ class Layer(ABC):
 
     ``diff_id`` and ``descriptor`` may wait (for a hash pass, a checksum to be verified);
     ``chunks`` is called only after one of them has answered (or ``streamed`` said yes),
-    and runs in a worker thread (it reads files). Whoever asks for ``chunks`` runs them to
-    the end or closes them.
+    and runs in a worker thread (it reads files), unless it gives Named chunks (which read
+    nothing). Whoever asks for ``chunks`` runs them to the end or closes them.
     """
 
     kind: str  # BASE, STORE or CUSTOMISATION

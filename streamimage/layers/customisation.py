@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import anyio.to_thread
 from anyio.from_thread import check_cancelled
 
-from streamimage.engine.framing import Chunk, FileSpan, read_span
+from streamimage.engine.framing import Chunk, FileSpan, Named, read_span
 from streamimage.engine.walk import FileIdentity
 from streamimage.errors import CustomisationError
 from streamimage.imagejson import MEDIA_TYPE_LAYER, Descriptor, Digest
@@ -185,7 +185,7 @@ class CustomisationLayer(Layer):
         return self._customisation.span.size
 
     def chunks(self) -> Iterator[Chunk]:
-        return iter([self._customisation.span])
+        return Named([self._customisation.span])
 
     def docker_member(self, name: str) -> TarMember:
         # the reference adds layer.tar with gettarinfo: its owner and mode on disk

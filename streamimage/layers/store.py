@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from streamimage.engine.framing import Chunk, Witness, layer_chunks
+from streamimage.engine.framing import Chunk, Named, Witness, layer_chunks
 from streamimage.engine.hashing import LayerHash
 from streamimage.engine.scheduler import HashPass
 from streamimage.engine.spool import sent_chunks
@@ -90,7 +90,7 @@ class StoreLayer(Layer):
         spooled = found.spooled
         if spooled is None or spooled.compressed or not self._hashes.spool_fds(self._index):
             return self._framed(found)
-        return self._sent(found)
+        return Named(self._sent(found))
 
     def compressed_chunks(self, compression: Compression) -> Iterator[Chunk] | None:
         found = self._hashes.known(self._index)
@@ -98,7 +98,7 @@ class StoreLayer(Layer):
             return None
         if not found.spooled.compressed or not self._hashes.spool_fds(self._index):
             return None
-        return self._sent(found)
+        return Named(self._sent(found))
 
     def release(self) -> None:
         self._hashes.release(self._index)
